@@ -1,0 +1,275 @@
+"""The `rbd` command line. Each command talks to the daemon over its socket.
+
+Exit codes: 0 ok, 1 the thing asked for failed, 2 usage, 3 daemon not reachable.
+Errors print as one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from client import protocol
+from client.connection import Connection
+from client.errors import RbdError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would exit 2 with its own text
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _dir(value: str | None) -> str:
+    return os.path.abspath(value or os.getcwd())
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from client.spawn import connect_or_spawn
+
+    overrides: dict[str, Any] = {}
+    if args.command is not None:
+        overrides["command"] = args.command
+    if args.settle_ms is not None:
+        overrides["settle_ms"] = args.settle_ms
+    if args.timeout_s is not None:
+        overrides["timeout_s"] = args.timeout_s
+    if args.cargo_args:
+        overrides["args"] = args.cargo_args
+    with connect_or_spawn() as conn:
+        reply = conn.request(
+            protocol.START, path=_dir(args.dir), env=dict(os.environ), overrides=overrides
+        )
+    project = reply["project"]
+    if args.json:
+        _print_json(reply)
+        return 0
+    verb = "already watching" if reply["already"] else "watching"
+    print(f"rbd: {verb} {project['root']}: {' '.join(project['command'])} on every save")
+    if project.get("problem"):
+        print(f"rbd: note: {project['problem']}")
+    if not reply["already"]:
+        print("rbd: first build started; `rbd tail` shows it live")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    with Connection.open() as conn:
+        reply = conn.request(protocol.STOP, path=_dir(args.dir))
+    print(f"rbd: stopped watching {reply['root']}")
+    return 0
+
+
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    import time
+
+    with Connection.open() as conn:
+        pid = conn.request(protocol.SHUTDOWN)["pid"]
+        # The daemon closes the connection when it is done; waiting here means
+        # that socket and lock are gone when the command returns.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                conn.receive(timeout=max(0.1, deadline - time.monotonic()))
+            except RbdError:
+                break
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    print(f"rbd: daemon {pid} stopped")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with Connection.open() as conn:
+        reply = conn.request(protocol.STATUS, path=_dir(args.dir) if args.dir else None)
+    data = {"daemon": reply["daemon"], "projects": reply["projects"]}
+    if args.json:
+        _print_json(data)
+    else:
+        from client import render
+
+        print(render.status(data))
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    with Connection.open() as conn:
+        reply = conn.request(protocol.HISTORY, path=_dir(args.dir), all=args.all, limit=args.limit)
+    if args.json:
+        _print_json(reply["builds"])
+    else:
+        from client import render
+
+        if reply["project"]:
+            print(f"{reply['project']}")
+        print(render.history(reply["builds"]))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with Connection.open() as conn:
+        build = conn.request(protocol.SHOW, build_id=args.build_id)["build"]
+    if args.json:
+        _print_json(build)
+    else:
+        from client import render
+
+        print(render.show(build))
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from client import render
+
+    with Connection.open() as conn:
+        reply = conn.request(protocol.SUBSCRIBE, path=_dir(args.dir) if args.dir else None)
+        if not args.json:
+            scope = reply.get("project") or "all watched projects"
+            print(f"rbd: following {scope} (Ctrl-C to stop)", file=sys.stderr)
+        live = sys.stdout.isatty() and not args.json
+        try:
+            for event in conn.events():
+                if args.json:
+                    print(json.dumps(event, ensure_ascii=False), flush=True)
+                    continue
+                name = event.get("event")
+                if name == protocol.BUILD_PROGRESS and live:
+                    line = render.progress_line(event.get("project", ""), event)
+                    print("\r\033[K" + line, end="", flush=True)
+                elif name == protocol.BUILD_STARTED and live:
+                    print("\r\033[K⟳ " + event.get("project", ""), end="", flush=True)
+                elif name == protocol.BUILD_FINISHED:
+                    print(
+                        ("\r\033[K" if live else "") + render.build_line(event["build"]), flush=True
+                    )
+                    if event.get("first_error") and event["build"]["outcome"] == "failure":
+                        for text in event["first_error"].splitlines()[:12]:
+                            print("    " + text)
+        except KeyboardInterrupt:
+            return 0
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from client import paths
+
+    log_path = paths.log_path()
+    if not args.follow:
+        print(log_path)
+        return 0
+    import time
+
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            f.seek(0, os.SEEK_END)
+            while True:
+                line = f.readline()
+                if line:
+                    print(line, end="", flush=True)
+                else:
+                    time.sleep(0.2)
+    except FileNotFoundError:
+        raise RbdError(f"no log at {log_path} yet (has the daemon ever run?)") from None
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from daemon.main import run
+
+    return run(["--foreground"] if args.foreground else [])
+
+
+def _parser() -> _Parser:
+    parser = _Parser(
+        prog="rbd",
+        description="Rust build daemon: rebuilds on save, records why it took as long as it did.",
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help: str, json_flag: bool = True
+    ) -> _Parser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="print JSON only")
+        return p
+
+    p = add(
+        "start",
+        cmd_start,
+        "watch a Cargo project and rebuild it on every save; "
+        "cargo arguments go after `--` (rbd start -- --bin server)",
+    )
+    p.add_argument("dir", nargs="?", help="project directory (default: the current one)")
+    p.add_argument(
+        "--command", help='cargo subcommand: build (default), check, "test --no-run", clippy...'
+    )
+    p.add_argument("--settle-ms", type=int, help="quiet time after the last change before building")
+    p.add_argument("--timeout-s", type=float, help="kill a build that runs longer than this")
+    p = add("stop", cmd_stop, "stop watching a project", json_flag=False)
+    p.add_argument("dir", nargs="?")
+    add("shutdown", cmd_shutdown, "stop the daemon", json_flag=False)
+    p = add("status", cmd_status, "the daemon and its watched projects")
+    p.add_argument("dir", nargs="?", help="only the project containing this directory")
+    p = add("tail", cmd_tail, "follow builds live")
+    p.add_argument("dir", nargs="?", help="only the project containing this directory")
+    p = add("history", cmd_history, "past builds, newest first")
+    p.add_argument(
+        "dir", nargs="?", help="project (default: the one containing the current directory)"
+    )
+    p.add_argument("--limit", type=int, default=20, help="how many builds (default 20)")
+    p.add_argument("--all", action="store_true", help="builds of every project")
+    p = add("show", cmd_show, "one build in full")
+    p.add_argument("build_id", type=int, metavar="BUILD_ID")
+    p = add("logs", cmd_logs, "print the daemon's log path", json_flag=False)
+    p.add_argument("-f", "--follow", action="store_true", help="follow the log")
+    p = add(
+        "daemon",
+        cmd_daemon,
+        "run the daemon in the foreground (for systemd/launchd)",
+        json_flag=False,
+    )
+    p.add_argument("--foreground", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Everything after `--` is for cargo, whatever it looks like.
+    cargo_args: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, cargo_args = argv[:split], argv[split + 1 :]
+    try:
+        args = _parser().parse_args(argv)
+        args.cargo_args = cargo_args
+        return int(args.func(args))
+    except RbdError as exc:
+        print(f"rbd: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `rbd history | head`: the reader left; nothing more to say.
+        return 0

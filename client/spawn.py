@@ -1,0 +1,59 @@
+"""Starting the daemon on first use, detached from the terminal that asked."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from client import paths
+from client.connection import Connection
+from client.errors import DaemonUnreachable, ProtocolMismatch
+
+SPAWN_TIMEOUT_S = 10.0
+
+
+def connect_or_spawn() -> Connection:
+    try:
+        return Connection.open()
+    except ProtocolMismatch:
+        raise
+    except DaemonUnreachable:
+        pass
+    os.makedirs(paths.state_dir(), exist_ok=True)
+    log_path = paths.spawn_log_path()
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "daemon"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd="/",
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    while True:
+        try:
+            return Connection.open()
+        except ProtocolMismatch:
+            raise
+        except DaemonUnreachable:
+            pass
+        code = process.poll()
+        # Exit 0 means another daemon won the race to the lock: keep trying to reach it.
+        if code not in (None, 0) or time.monotonic() > deadline:
+            raise DaemonUnreachable(
+                f"the daemon did not start (exit code {code}): {_tail(log_path)}; see {log_path}"
+            )
+        time.sleep(0.02)
+
+
+def _tail(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            lines = f.read()[-2000:].decode(errors="replace").strip().splitlines()
+    except OSError:
+        return "no output"
+    return lines[-1] if lines else "no output"

@@ -1,0 +1,1 @@
+"""rbd's background daemon: watches Cargo projects, rebuilds on save, records every build."""

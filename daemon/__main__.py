@@ -1,0 +1,3 @@
+from daemon.main import run
+
+raise SystemExit(run())

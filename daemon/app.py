@@ -1,0 +1,130 @@
+"""The daemon as a whole: recovery after a crash, the socket server, the
+watched projects, and an orderly shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import SocketStream
+
+import client
+from client import paths, protocol
+from daemon import procs, server
+from daemon.errors import DaemonError, NotWatched, StoreError
+from daemon.events import EventHub
+from daemon.projects import Registry
+from daemon.store import AsyncStore, Store
+
+log = structlog.get_logger("daemon")
+
+
+class Daemon:
+    def __init__(self, store: Store) -> None:
+        self.store = AsyncStore(store)
+        self.hub = EventHub()
+        self.registry: Registry
+        self.started = time.monotonic()
+        self.socket_path = paths.socket_path()
+        self._shutdown = anyio.Event()
+
+    def hello(self) -> dict[str, Any]:
+        return {
+            "protocol": protocol.PROTOCOL_VERSION,
+            "version": client.__version__,
+            "pid": os.getpid(),
+        }
+
+    def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+    def status(self, path: str | None) -> dict[str, Any]:
+        projects = list(self.registry.projects.values())
+        if path is not None:
+            found = self.registry.find(path)
+            projects = [found] if found is not None else []
+        return {
+            "daemon": {
+                "pid": os.getpid(),
+                "version": client.__version__,
+                "protocol": protocol.PROTOCOL_VERSION,
+                "uptime_s": round(time.monotonic() - self.started, 3),
+                "socket": self.socket_path,
+                "log": paths.log_path(),
+                "store": str(self.store.sync.path),
+                "store_error": self.store.error,
+                "subscribers": len(self.hub),
+            },
+            "projects": [project.status() for project in projects],
+        }
+
+    def resolve_watched(self, path: str | None) -> str:
+        project = self.registry.find(path)
+        if project is None:
+            raise NotWatched(f"{path} is not inside a project rbd watches (see `rbd status`)")
+        return project.key
+
+    async def resolve_known(self, path: str | None) -> str | None:
+        """The project (watched now, or with recorded builds) containing path, if any."""
+        project = self.registry.find(path)
+        if project is not None or not path:
+            return None if project is None else project.key
+        target = Path(path).resolve()
+        known = await self.store.call(self.store.sync.known_projects)
+        inside = [root for root in known if target.is_relative_to(root)]
+        return max(inside, key=len) if inside else None
+
+    async def _recover(self) -> None:
+        """Before any new build: kill what a crashed daemon's builds left running."""
+        for build_id, pgid, pg_start in await self.store.call(self.store.sync.running_builds):
+            killed = procs.kill_stale_group(pgid, pg_start) if pgid else 0
+            await self.store.call(self.store.sync.mark_interrupted, build_id)
+            log.warning("build_interrupted", build_id=build_id, pgid=pgid, killed=killed)
+
+    async def _resume(self) -> None:
+        for root, env, overrides in await self.store.call(self.store.sync.watched_projects):
+            try:
+                await self.registry.start(root, env, overrides, persist=False)
+            except DaemonError as exc:
+                log.error("resume_failed", root=root, error=str(exc))
+
+    async def _serve(self, listener: anyio.abc.Listener[SocketStream]) -> None:
+        async def handle(stream: SocketStream) -> None:
+            await server.handle(self, stream)
+
+        await listener.serve(handle)
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                log.info("signal", signal=signal.Signals(signum).name)
+                self.request_shutdown()
+
+    async def main(self) -> None:
+        log.info("daemon_started", pid=os.getpid(), socket=self.socket_path)
+        try:
+            await self._recover()
+        except StoreError as exc:
+            log.error("recover_failed", error=str(exc))
+        listener = await anyio.create_unix_listener(self.socket_path)
+        os.chmod(self.socket_path, 0o600)
+        async with anyio.create_task_group() as tg:
+            self.registry = Registry(self.store, self.hub, tg)
+            tg.start_soon(self._signals)
+            try:
+                await self._resume()
+            except StoreError as exc:
+                log.error("resume_failed", error=str(exc))
+            tg.start_soon(self._serve, listener)
+            await self._shutdown.wait()
+            log.info("daemon_stopping", projects=len(self.registry.projects))
+            with anyio.CancelScope(shield=True), anyio.move_on_after(4.0):
+                for key in list(self.registry.projects):
+                    await self.registry.stop(key, forget=False)
+            tg.cancel_scope.cancel()
+        log.info("daemon_stopped")

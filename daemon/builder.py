@@ -1,0 +1,276 @@
+"""Runs one cargo build in its own process group and reads what cargo says about it.
+
+cargo runs with `--message-format=json` (one JSON message per unit and
+diagnostic on stdout) and with its progress bar forced on stderr
+(`CARGO_TERM_PROGRESS_WHEN=always`), which is where `N/M` progress and unit
+start lines ("Compiling x") come from. Neither setting is part of cargo's
+fingerprints: a plain `cargo build` afterwards finds every unit fresh.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import ByteReceiveStream, Process
+
+from client import protocol
+from daemon import procs
+from daemon.records import BuildResult, UnitRecord
+
+log = structlog.get_logger("builder")
+
+PROGRESS = re.compile(r"^\s*Building \[[^\]]*\]\s+(\d+)/(\d+):?\s*(.*?)\s*$")
+COMPILING = re.compile(r"^\s*Compiling (\S+) v")
+# Writes reaching the watcher this soon after a build script ran are taken
+# for the script's own output, not the user's.
+BUILD_SCRIPT_WINDOW_S = 0.5
+LINKED_SUFFIXES = (".rmeta", ".rlib", ".d", ".a", ".lib")
+MAX_STDERR_KEEP = 200
+
+EventSink = Callable[[dict[str, Any]], None]
+
+
+def package_name(package_id: str) -> str:
+    """The package name in a cargo package id (`...#name@1.0.0`, or `path+file:///x/name#1.0.0`)."""
+    url, _, fragment = package_id.partition("#")
+    if "@" in fragment:
+        return fragment.split("@", 1)[0]
+    return url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+
+
+def _is_summary(message: dict[str, Any]) -> bool:
+    # "aborting due to 2 previous errors" and "3 warnings emitted" repeat what was said.
+    text = str(message.get("message", ""))
+    return not message.get("spans") and (
+        text.startswith("aborting due to") or re.search(r"\d+ warnings? emitted", text) is not None
+    )
+
+
+class Build:
+    """One cargo run. `run()` returns its result; `cancel()` ends it early."""
+
+    def __init__(
+        self, argv: list[str], cwd: Path, env: dict[str, str], timeout_s: float, emit: EventSink
+    ) -> None:
+        self.argv = argv
+        self.cwd = cwd
+        self.env = {
+            **env,
+            "CARGO_TERM_PROGRESS_WHEN": "always",
+            "CARGO_TERM_PROGRESS_WIDTH": "1000",
+            "CARGO_TERM_COLOR": "never",
+        }
+        self.timeout_s = timeout_s
+        self.emit = emit
+        self.pgid: int | None = None
+        self.pg_start: int | None = None
+        self.spawned = anyio.Event()
+        self.spawned_at = 0.0
+        self.done = 0
+        self.total: int | None = None
+        self.active: list[str] = []
+        self._cancelled = False
+        self._process: Process | None = None
+        self._started: dict[str, float] = {}
+        self._last_script_run = float("-inf")
+        self._stderr: list[str] = []
+        self.result = BuildResult(outcome="success", wall_s=0.0)
+
+    def progress(self) -> dict[str, Any]:
+        return {
+            "done": self.done,
+            "total": self.total,
+            "active": self.active,
+            "elapsed_s": round(time.monotonic() - self.spawned_at, 3) if self.spawned_at else 0.0,
+        }
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if self.pgid is not None:
+            procs.kill_group(self.pgid)
+
+    def owns_write(self, relative: str, seen_at: float) -> bool:
+        """Whether a file change seen at `seen_at` (monotonic) was made by this build.
+
+        cargo writes Cargo.lock; build scripts may write into the tree. A
+        change is the build's own if it is Cargo.lock, or was seen while one
+        of the build's scripts ran or just after one finished.
+        """
+        if seen_at < self.spawned_at:
+            return False
+        if Path(relative).name == "Cargo.lock":
+            return True
+        if abs(seen_at - self._last_script_run) < BUILD_SCRIPT_WINDOW_S:
+            return True
+        return self.pgid is not None and _build_script_running(self.pgid)
+
+    async def run(self) -> BuildResult:
+        result = self.result
+        self.spawned_at = time.monotonic()
+        try:
+            process = await anyio.open_process(
+                self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            result.outcome = "failure"
+            result.first_error = f"cannot run {self.argv[0]}: {exc}"
+            result.wall_s = time.monotonic() - self.spawned_at
+            return result
+        self._process = process
+        self.pgid = process.pid
+        self.pg_start = procs.start_ticks(process.pid)
+        self.spawned.set()
+        timed_out = False
+        assert process.stdout is not None and process.stderr is not None
+        with anyio.move_on_after(self.timeout_s) as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read_lines, process.stdout, b"\n", self._on_stdout)
+                tg.start_soon(self._read_lines, process.stderr, b"\r\n", self._on_stderr)
+            await process.wait()
+        if scope.cancelled_caught:
+            timed_out = True
+        with anyio.CancelScope(shield=True):
+            if timed_out or self._cancelled:
+                await procs.kill_group_and_wait(self.pgid)
+                await process.wait()
+            elif procs.group_alive(self.pgid):
+                # cargo exited but left something running (a build script's
+                # daemonized child): it must not outlive the build.
+                await procs.kill_group_and_wait(self.pgid)
+        result.wall_s = time.monotonic() - self.spawned_at
+        if timed_out:
+            result.outcome = "timeout"
+            result.first_error = f"build killed after the {self.timeout_s:g} s timeout"
+        elif self._cancelled:
+            result.outcome = "cancelled"
+        elif process.returncode == 0:
+            result.outcome = "success"
+        else:
+            result.outcome = "failure"
+            if result.first_error is None:
+                result.first_error = (
+                    self._cargo_error() or f"cargo exited with {process.returncode}"
+                )
+        if result.outcome == "failure" and not result.diagnostics:
+            result.diagnostics = "\n".join(self._stderr)
+        return result
+
+    async def _read_lines(
+        self, stream: ByteReceiveStream, separators: bytes, handle: Callable[[str], None]
+    ) -> None:
+        pending = b""
+        pattern = re.compile(b"[" + re.escape(separators) + b"]")
+        async for chunk in stream:
+            pending += chunk
+            *lines, pending = pattern.split(pending)
+            for line in lines:
+                if line:
+                    handle(line.decode(errors="replace"))
+        if pending:
+            handle(pending.decode(errors="replace"))
+
+    def _on_stderr(self, line: str) -> None:
+        now = time.monotonic()
+        if match := PROGRESS.match(line):
+            self.done, self.total = int(match[1]), int(match[2])
+            self.active = [name.strip() for name in match[3].split(",") if name.strip()]
+            self.emit({"event": protocol.BUILD_PROGRESS, **self.progress()})
+            return
+        if match := COMPILING.match(line):
+            self._started.setdefault(match[1], now)
+        self._stderr.append(line.rstrip())
+        del self._stderr[:-MAX_STDERR_KEEP]
+
+    def _on_stdout(self, line: str) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return  # a build script or proc macro printing to stdout
+        if not isinstance(message, dict):
+            return
+        reason = message.get("reason")
+        if reason == "compiler-artifact":
+            self._on_artifact(message)
+        elif reason == "compiler-message":
+            self._on_diagnostic(message.get("message") or {})
+        elif reason == "build-script-executed":
+            self._last_script_run = time.monotonic()
+
+    def _on_artifact(self, message: dict[str, Any]) -> None:
+        now = time.monotonic()
+        result = self.result
+        target = message.get("target") or {}
+        kinds = target.get("kind") or ["unknown"]
+        package = package_name(str(message.get("package_id", "")))
+        fresh = bool(message.get("fresh"))
+        if fresh:
+            result.units_fresh += 1
+            return
+        result.units_rebuilt += 1
+        filenames = [str(f) for f in message.get("filenames") or []]
+        if any(not f.endswith(LINKED_SUFFIXES) for f in filenames):
+            result.linked = True
+        # A unit starts when cargo says "Compiling" for its package or, for a
+        # package's later units (bin after lib), when the previous one ended.
+        start = self._started.get(package)
+        total = None if start is None else now - start
+        if start is not None:
+            self._started[package] = now
+        unit = UnitRecord(
+            name=package,
+            target=str(target.get("name", package)),
+            kind=str(kinds[0]),
+            start_s=None if start is None else round(start - self.spawned_at, 4),
+            total_s=None if total is None else round(total, 4),
+        )
+        result.units.append(unit)
+        self.emit({"event": protocol.UNIT_FINISHED, **unit.to_json(), "duration_s": unit.total_s})
+
+    def _on_diagnostic(self, diagnostic: dict[str, Any]) -> None:
+        level = diagnostic.get("level")
+        if level not in ("error", "warning") or _is_summary(diagnostic):
+            return
+        result = self.result
+        rendered = str(diagnostic.get("rendered") or diagnostic.get("message") or "")
+        if level == "error":
+            result.errors += 1
+            if result.first_error is None:
+                result.first_error = rendered.strip()
+        else:
+            result.warnings += 1
+        result.diagnostics += rendered if rendered.endswith("\n") else rendered + "\n"
+
+    def _cargo_error(self) -> str | None:
+        """cargo's own error (bad manifest, missing member...), from its stderr."""
+        for i, line in enumerate(self._stderr):
+            if line.startswith("error"):
+                block = [line]
+                for more in self._stderr[i + 1 : i + 12]:
+                    if not more.strip() or more.startswith(("error", "warning")):
+                        break
+                    block.append(more)
+                return "\n".join(block)
+        return None
+
+
+def _build_script_running(pgid: int) -> bool:
+    for pid, _ in procs.group_members(pgid):
+        try:
+            with open(f"/proc/{pid}/comm", "rb") as f:
+                if f.read().startswith(b"build-script-"):
+                    return True
+        except OSError:
+            continue
+    return False

@@ -1,0 +1,54 @@
+"""The daemon's exceptions. Each carries the protocol error code the server replies with.
+
+    DaemonError             base; code `internal`
+    ├── AlreadyRunning      another daemon holds the lock (exit quietly)
+    ├── UnsafeRuntimeDir    the socket directory is not ours or not private
+    ├── ProjectError        the path is not a usable Cargo project; code `no_project`
+    │   └── CargoMissing    cargo is not on the PATH the build would use; code `cargo_missing`
+    ├── NotWatched          the path is not a watched project; code `not_watched`
+    ├── NotFound            no such build; code `not_found`
+    ├── ConfigError         an rbd setting is invalid; code `bad_config`
+    └── StoreError          the SQLite store failed; builds go on, status reports it
+
+Everything else reaching the server's boundary is logged and answered as `internal`.
+"""
+
+from __future__ import annotations
+
+from client import protocol
+
+
+class DaemonError(Exception):
+    code = protocol.INTERNAL
+
+
+class AlreadyRunning(DaemonError):
+    pass
+
+
+class UnsafeRuntimeDir(DaemonError):
+    pass
+
+
+class ProjectError(DaemonError):
+    code = protocol.NO_PROJECT
+
+
+class CargoMissing(ProjectError):
+    code = protocol.CARGO_MISSING
+
+
+class NotWatched(DaemonError):
+    code = protocol.NOT_WATCHED
+
+
+class NotFound(DaemonError):
+    code = protocol.NOT_FOUND
+
+
+class ConfigError(DaemonError):
+    code = protocol.BAD_CONFIG
+
+
+class StoreError(DaemonError):
+    pass

@@ -1,0 +1,59 @@
+"""`python -m daemon` / `rbd daemon`: run the daemon in the foreground until told to stop."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import anyio
+
+from client import paths
+from daemon import logsetup, runtime
+from daemon.errors import AlreadyRunning, DaemonError
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rbd daemon", description=__doc__)
+    parser.add_argument(
+        "--foreground",
+        action="store_true",
+        help="accepted for service managers; the daemon always runs in the foreground of "
+        "its process (`rbd start` detaches it)",
+    )
+    parser.parse_args(argv)
+    socket_path = paths.socket_path()
+    lock_path = paths.lock_path()
+    try:
+        runtime.prepare_private_dir(paths.runtime_dir())
+        lock_fd = runtime.acquire_lock(lock_path)
+    except AlreadyRunning:
+        print("rbd: a daemon is already running", file=sys.stderr)
+        return 0
+    except (DaemonError, OSError) as exc:
+        print(f"rbd daemon: {exc}", file=sys.stderr)
+        return 1
+    try:
+        runtime.clear_stale_socket(socket_path)
+        logsetup.configure(paths.log_path())
+        # Imported after the lock: a second daemon racing this one exits early and cheaply.
+        from daemon.app import Daemon
+        from daemon.store import Store
+
+        store = Store(Path(paths.store_path()))
+        anyio.run(Daemon(store).main)
+        return 0
+    except DaemonError as exc:
+        print(f"rbd daemon: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        # Socket first, lock last: whoever takes the lock next finds no socket to probe.
+        for path in (socket_path, lock_path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        os.close(lock_fd)

@@ -1,0 +1,322 @@
+"""A watched project: its watcher, scheduler and builds, and the registry of all of them."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from client import protocol
+from daemon import config as configuration
+from daemon import procs
+from daemon import workspace as workspaces
+from daemon.builder import Build
+from daemon.errors import NotWatched, StoreError
+from daemon.events import EventHub
+from daemon.records import BuildResult, summary
+from daemon.scheduler import Scheduler
+from daemon.store import AsyncStore, now_iso
+from daemon.watcher import Watcher
+
+log = structlog.get_logger("projects")
+
+# The environment variables `rbd status` shows: the ones that decide what cargo builds.
+SHOWN_ENV_PREFIXES = ("CARGO", "RUST", "RBD_")
+SHOWN_ENV = frozenset({"PATH", "CC", "CXX", "HOME"})
+
+
+class Project:
+    def __init__(
+        self,
+        workspace: workspaces.Workspace,
+        env: dict[str, str],
+        overrides: dict[str, Any],
+        config: configuration.ProjectConfig,
+        store: AsyncStore,
+        hub: EventHub,
+    ) -> None:
+        self.workspace = workspace
+        self.root = workspace.root
+        self.env = env
+        self.overrides = overrides
+        self.config = config
+        self.store = store
+        self.hub = hub
+        self.problem: str | None = None
+        self.last_build: dict[str, Any] | None = None
+        self.current: dict[str, Any] | None = None
+        self._build: Build | None = None
+        self.scheduler = Scheduler(self.root, config.settle_ms / 1000, self._run_build)
+        self.watcher = Watcher(workspace, self._on_change, self._on_problem)
+        self.stopped = anyio.Event()
+        self._scope: anyio.CancelScope | None = None
+
+    @property
+    def key(self) -> str:
+        return str(self.root)
+
+    def _on_problem(self, message: str | None) -> None:
+        self.problem = message
+
+    def _on_change(self, paths: list[str]) -> None:
+        if any(Path(p).name == "Cargo.toml" for p in paths):
+            self._reload_soon = True
+        self.scheduler.notify(paths)
+
+    _reload_soon = False
+
+    async def run(
+        self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self.watcher.run)
+                    await self.watcher.ready.wait()
+                    task_status.started()
+                    tg.start_soon(self.scheduler.run)
+            finally:
+                self.stopped.set()
+
+    def stop(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        event.setdefault("project", self.key)
+        if self.current is not None:
+            event.setdefault("build_id", self.current["build_id"])
+        self.hub.publish(event)
+
+    async def _maybe_reload_workspace(self) -> None:
+        # A manifest edit can add members or path dependencies: the watch set
+        # follows. Done before the build it triggered, so that build's
+        # changes to the plan are seen.
+        if not self._reload_soon:
+            return
+        self._reload_soon = False
+        workspace = await workspaces.load(self.root, self.env)
+        if workspace.package_dirs != self.workspace.package_dirs:
+            self.workspace = workspace
+            self.watcher.replan(workspace)
+
+    async def _run_build(self, trigger: list[str], settle_s: float | None) -> None:
+        await self._maybe_reload_workspace()
+        argv = self.config.argv()
+        build = Build(argv, self.root, self.env, self.config.timeout_s, self._emit)
+        started_at = now_iso()
+        build_id: int | None
+        try:
+            build_id = await self.store.call(
+                self.store.sync.begin_build,
+                project=self.key,
+                trigger=trigger,
+                command=argv,
+                config="default",
+                settle_s=settle_s,
+            )
+        except StoreError as exc:
+            log.error("store_failed", error=str(exc), root=self.key)
+            build_id = None
+        self.current = {
+            "build_id": build_id,
+            "started_at": started_at,
+            "trigger": trigger,
+            "command": argv,
+        }
+        self._build = build
+        self.scheduler.current = build
+        self._emit(
+            {
+                "event": protocol.BUILD_STARTED,
+                "trigger": trigger,
+                "command": argv,
+                "settle_s": settle_s,
+                "started_at": started_at,
+            }
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._record_process_group, build, build_id)
+                result = await build.run()
+                tg.cancel_scope.cancel()
+        except anyio.get_cancelled_exc_class():
+            # The project is being stopped or the daemon shut down mid-build.
+            with anyio.CancelScope(shield=True):
+                build.cancel()
+                if build.pgid is not None:
+                    await procs.kill_group_and_wait(build.pgid)
+                result = build.result
+                result.outcome = "cancelled"
+                result.wall_s = time.monotonic() - build.spawned_at
+                await self._finish(build_id, started_at, trigger, argv, settle_s, result)
+            raise
+        await self._finish(build_id, started_at, trigger, argv, settle_s, result)
+
+    async def _record_process_group(self, build: Build, build_id: int | None) -> None:
+        await build.spawned.wait()
+        if build_id is not None and build.pgid is not None:
+            try:
+                await self.store.call(
+                    self.store.sync.set_process_group, build_id, build.pgid, build.pg_start
+                )
+            except StoreError as exc:
+                log.error("store_failed", error=str(exc), root=self.key)
+
+    async def _finish(
+        self,
+        build_id: int | None,
+        started_at: str,
+        trigger: list[str],
+        argv: list[str],
+        settle_s: float | None,
+        result: BuildResult,
+    ) -> None:
+        if build_id is not None:
+            try:
+                await self.store.call(self.store.sync.finish_build, build_id, result)
+            except StoreError as exc:
+                log.error("store_failed", error=str(exc), root=self.key)
+        build = summary(
+            build_id=build_id,
+            project=self.key,
+            started_at=started_at,
+            trigger=trigger,
+            command=argv,
+            config="default",
+            outcome=result.outcome,
+            wall_s=result.wall_s,
+            settle_s=settle_s,
+            errors=result.errors,
+            warnings=result.warnings,
+            units_rebuilt=result.units_rebuilt,
+            units_fresh=result.units_fresh,
+            linker=result.linker,
+            phases=result.phases,
+        )
+        self.last_build = build
+        log.info(
+            "build_finished",
+            root=self.key,
+            build_id=build_id,
+            outcome=result.outcome,
+            wall_s=round(result.wall_s, 3),
+            trigger=trigger[:20],
+        )
+        self._emit(
+            {
+                "event": protocol.BUILD_FINISHED,
+                "build": build,
+                "first_error": result.first_error,
+            }
+        )
+        self.current = None
+        self._build = None
+
+    def update(
+        self, env: dict[str, str], overrides: dict[str, Any], config: configuration.ProjectConfig
+    ) -> None:
+        self.env = env
+        self.overrides = overrides
+        self.config = config
+        self.scheduler.settle_s = config.settle_ms / 1000
+
+    def status(self) -> dict[str, Any]:
+        current = None
+        if self.current is not None:
+            current = dict(self.current)
+            if self._build is not None:
+                current["progress"] = self._build.progress()
+        return {
+            "root": self.key,
+            "state": self.scheduler.state,
+            "config": self.config.to_json(),
+            "command": self.config.argv(),
+            "current": current,
+            "last_build": self.last_build,
+            "env": {
+                k: v
+                for k, v in sorted(self.env.items())
+                if k in SHOWN_ENV or k.startswith(SHOWN_ENV_PREFIXES)
+            },
+            "watches": self.watcher.watch_count,
+            "target_dir": str(self.workspace.target_dir),
+            "problem": self.problem or self.workspace.metadata_error,
+        }
+
+
+class Registry:
+    """The watched projects, keyed by workspace root."""
+
+    def __init__(self, store: AsyncStore, hub: EventHub, tg: anyio.abc.TaskGroup) -> None:
+        self.store = store
+        self.hub = hub
+        self._tg = tg
+        self.projects: dict[str, Project] = {}
+
+    def find(self, path: str | None) -> Project | None:
+        """The watched project containing path (the innermost if nested)."""
+        if not path:
+            return None
+        target = Path(path).resolve()
+        best = None
+        for project in self.projects.values():
+            if target.is_relative_to(project.root) and (
+                best is None or len(project.root.parts) > len(best.root.parts)
+            ):
+                best = project
+        return best
+
+    async def start(
+        self, path: str, env: dict[str, str], overrides: dict[str, Any], persist: bool = True
+    ) -> tuple[Project, bool]:
+        """Watch the project at path; returns it and whether it was already watched."""
+        workspace = await workspaces.load(Path(path).resolve(), env)
+        config = configuration.load(workspace.root, env, overrides)
+        key = str(workspace.root)
+        existing = self.projects.get(key)
+        if existing is not None:
+            # Watched already: the next build uses the new environment and
+            # settings; the watch and any running build carry on.
+            existing.update(env, overrides, config)
+            await self._persist(key, env, overrides, persist)
+            return existing, True
+        project = Project(workspace, env, overrides, config, self.store, self.hub)
+        try:
+            project.last_build = await self.store.call(self.store.sync.last_build, key)
+        except StoreError:
+            pass
+        self.projects[key] = project
+        await self._tg.start(project.run)
+        await self._persist(key, env, overrides, persist)
+        log.info("project_started", root=key, command=config.argv())
+        return project, False
+
+    async def _persist(
+        self, key: str, env: dict[str, str], overrides: dict[str, Any], persist: bool
+    ) -> None:
+        # Remembered so that a restarted daemon (systemd, launchd, a crash)
+        # watches the same projects with the same environment.
+        if not persist:
+            return
+        try:
+            await self.store.call(self.store.sync.save_project, key, env, overrides)
+        except StoreError as exc:
+            log.error("store_failed", error=str(exc), root=key)
+
+    async def stop(self, key: str, forget: bool = True) -> None:
+        project = self.projects.pop(key, None)
+        if project is None:
+            raise NotWatched(f"{key} is not watched by rbd")
+        project.stop()
+        await project.stopped.wait()
+        if forget:
+            try:
+                await self.store.call(self.store.sync.remove_project, key)
+            except StoreError as exc:
+                log.error("store_failed", error=str(exc), root=key)
+        log.info("project_stopped", root=key)

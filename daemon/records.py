@@ -1,0 +1,101 @@
+"""What one build produced: the plain data passed from builder to store and server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from client.protocol import PHASE_KEYS
+
+
+@dataclass
+class UnitRecord:
+    """One rebuilt unit (crate target). Fresh units are counted, not kept."""
+
+    name: str
+    target: str
+    kind: str
+    # Seconds from cargo's spawn to the unit's start, and the unit's own time.
+    # Both are measured from cargo's output, so they are null when it gave no
+    # start to measure from.
+    start_s: float | None
+    total_s: float | None
+    fresh: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "target": self.target,
+            "kind": self.kind,
+            "fresh": self.fresh,
+            "start_s": self.start_s,
+            # The phase split per unit comes with the per-phase timings work;
+            # until it is measured it stays null.
+            "compile_s": None,
+            "frontend_s": None,
+            "codegen_s": None,
+            "link_s": None,
+            "build_script_s": None,
+            "total_s": self.total_s,
+            "dirty_reason": None,
+        }
+
+
+@dataclass
+class BuildResult:
+    outcome: str
+    wall_s: float
+    errors: int = 0
+    warnings: int = 0
+    units_rebuilt: int = 0
+    units_fresh: int = 0
+    linked: bool = False
+    first_error: str | None = None
+    diagnostics: str = ""
+    units: list[UnitRecord] = field(default_factory=list)
+    phases: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(PHASE_KEYS))
+
+    @property
+    def linker(self) -> str | None:
+        # Which linker ran is only known from evidence the timings work will
+        # collect; until then a build that linked says "unknown", one that
+        # linked nothing says null.
+        return "unknown" if self.linked else None
+
+
+def summary(
+    *,
+    build_id: int | None,
+    project: str,
+    started_at: str,
+    trigger: list[str],
+    command: list[str],
+    config: str,
+    outcome: str | None,
+    wall_s: float | None,
+    settle_s: float | None,
+    errors: int | None,
+    warnings: int | None,
+    units_rebuilt: int | None,
+    units_fresh: int | None,
+    linker: str | None,
+    phases: dict[str, float | None],
+) -> dict[str, Any]:
+    """A build summary in the shape `history --json` prints (one place builds it)."""
+    return {
+        "id": build_id,
+        "project": project,
+        "started_at": started_at,
+        "trigger": trigger,
+        "command": command,
+        "config": config,
+        "outcome": outcome,
+        "wall_s": None if wall_s is None else round(wall_s, 4),
+        "settle_s": None if settle_s is None else round(settle_s, 4),
+        "errors": errors,
+        "warnings": warnings,
+        "units_rebuilt": units_rebuilt,
+        "units_fresh": units_fresh,
+        "linker": linker,
+        "phases": {key: phases.get(key) for key in PHASE_KEYS},
+    }

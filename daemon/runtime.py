@@ -1,0 +1,95 @@
+"""The daemon's runtime directory discipline (watchman's): a private directory,
+a lock taken before the socket is bound, stale sockets probed before removal,
+and the peer's uid checked on every connection.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import stat
+import struct
+import sys
+
+from daemon.errors import AlreadyRunning, UnsafeRuntimeDir
+
+
+def prepare_private_dir(path: str) -> None:
+    """Create path 0700, or check that an existing one is ours and private."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeRuntimeDir(f"{path} is not a directory (a symlink?); remove it and retry")
+    if info.st_uid != os.getuid():
+        raise UnsafeRuntimeDir(
+            f"{path} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}): "
+            "refusing to put rbd's socket there"
+        )
+    if info.st_mode & 0o077:
+        raise UnsafeRuntimeDir(
+            f"{path} is accessible to other users (mode {stat.S_IMODE(info.st_mode):o}): "
+            f"refusing to put rbd's socket there; fix it with `chmod 700 {path}`"
+        )
+
+
+def acquire_lock(path: str) -> int:
+    """Take the single-instance lock; the returned fd holds it until the process ends."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyRunning("another rbd daemon holds the lock") from None
+        # The previous holder may have unlinked the file between our open and
+        # our lock: then we hold a lock nobody else can see. Try again.
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def answers(path: str, timeout_s: float = 1.0) -> bool:
+    """Whether something accepts connections on the socket at path."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(timeout_s)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def clear_stale_socket(path: str) -> bool:
+    """Remove a socket nobody answers on; True if one was removed."""
+    if not os.path.lexists(path):
+        return False
+    if answers(path):
+        raise AlreadyRunning(f"a process is serving {path} without holding the lock")
+    os.unlink(path)
+    return True
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a Unix socket, or None if unknown."""
+    if hasattr(socket, "SO_PEERCRED"):
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return int(struct.unpack("3i", creds)[1])
+    if sys.platform == "darwin":
+        # struct xucred: u_int cr_version; uid_t cr_uid; short cr_ngroups; gid_t cr_groups[16]
+        sol_local, local_peercred = 0, 0x001
+        creds = sock.getsockopt(sol_local, local_peercred, 4 + 4 + 2 + 2 + 16 * 4)
+        return int(struct.unpack_from("I", creds, 4)[0])
+    return None

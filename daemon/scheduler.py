@@ -1,0 +1,153 @@
+"""When to build: settle after changes, wait out git, cancel a build that a new change outdates.
+
+States: idle -> settling (changes seen, waiting for quiet) -> waiting (git
+holds .git/index.lock: a checkout or rebase is writing the tree) ->
+building -> idle. A change during a build is looked at once the settle time
+has passed (so a build script's just-written file is recognised as the
+build's own); a change that is the user's cancels the build, and the next
+build, after settling, covers both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+import structlog
+
+log = structlog.get_logger("scheduler")
+
+GIT_LOCK_POLL_S = 0.02
+# A crashed git leaves index.lock behind; after this long rbd builds anyway.
+GIT_LOCK_MAX_WAIT_S = 30.0
+
+
+# Changes reaching rbd this soon after a build ended are still looked at as
+# possibly the build's own (the watcher hands events over a few ms late).
+LATE_EVENT_S = 0.1
+
+
+class RunningBuild(Protocol):
+    def owns_write(self, relative: str, seen_at: float) -> bool: ...
+    def cancel(self) -> None: ...
+
+
+Launch = Callable[[list[str], float | None], Awaitable[None]]
+
+
+def git_dir(root: Path) -> Path | None:
+    """The git directory of the repository holding root, if any (worktrees included)."""
+    for directory in (root, *root.parents):
+        dot_git = directory / ".git"
+        if dot_git.is_dir():
+            return dot_git
+        if dot_git.is_file():
+            try:
+                text = dot_git.read_text()
+            except OSError:
+                return None
+            if text.startswith("gitdir:"):
+                return (directory / text.removeprefix("gitdir:").strip()).resolve()
+    return None
+
+
+class Scheduler:
+    def __init__(self, root: Path, settle_s: float, launch: Launch) -> None:
+        self.root = root
+        self.settle_s = settle_s
+        self.state = "idle"
+        self.current: RunningBuild | None = None
+        self._launch = launch
+        # Changed paths (relative to root) not yet built, with when each was seen.
+        self._pending: dict[str, float] = {}
+        self._wake = anyio.Event()
+        self._git_dir = git_dir(root)
+
+    def notify(self, paths: list[str]) -> None:
+        if not paths:
+            return
+        now = time.monotonic()
+        for path in paths:
+            self._pending.setdefault(path, now)
+        self._wake.set()
+
+    async def run(self, initial_build: bool = True) -> None:
+        if initial_build:
+            await self._build([], None)
+        while True:
+            if not self._pending:
+                self.state = "idle"
+                await self._wake.wait()
+            await self._settle()
+            if not self._pending:
+                continue
+            trigger = list(self._pending)
+            settle_s = time.monotonic() - min(self._pending.values())
+            self._pending.clear()
+            await self._build(trigger, settle_s)
+
+    async def _quiet_for(self, seconds: float) -> None:
+        """Return once no change has arrived for `seconds`."""
+        while True:
+            self._wake = anyio.Event()
+            with anyio.move_on_after(seconds):
+                await self._wake.wait()
+                continue
+            return
+
+    async def _settle(self) -> None:
+        while True:
+            self.state = "settling"
+            await self._quiet_for(self.settle_s)
+            if not self._git_busy():
+                return
+            self.state = "waiting"
+            with anyio.move_on_after(GIT_LOCK_MAX_WAIT_S):
+                while self._git_busy():
+                    await anyio.sleep(GIT_LOCK_POLL_S)
+            if self._git_busy():
+                log.warning("git_lock_stale", root=str(self.root), waited_s=GIT_LOCK_MAX_WAIT_S)
+                return
+
+    def _git_busy(self) -> bool:
+        return self._git_dir is not None and (self._git_dir / "index.lock").exists()
+
+    async def _build(self, trigger: list[str], settle_s: float | None) -> None:
+        self.state = "building"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._cancel_when_outdated)
+            try:
+                await self._launch(trigger, settle_s)
+            finally:
+                tg.cancel_scope.cancel()
+        build, self.current = self.current, None
+        if build is not None:
+            # What the build wrote in its last moments arrives after it ended.
+            with anyio.move_on_after(LATE_EVENT_S):
+                await self._wake.wait()
+            self._drop_own_writes(build)
+
+    def _drop_own_writes(self, build: RunningBuild) -> None:
+        own = [path for path, seen in self._pending.items() if build.owns_write(path, seen)]
+        for path in own:
+            del self._pending[path]
+        if own:
+            log.info("own_writes_ignored", root=str(self.root), paths=own)
+
+    async def _cancel_when_outdated(self) -> None:
+        while True:
+            self._wake = anyio.Event()
+            await self._wake.wait()
+            await anyio.sleep(self.settle_s)
+            build = self.current
+            if build is None:
+                continue
+            self._drop_own_writes(build)
+            if not self._pending:
+                continue
+            log.info("build_outdated", root=str(self.root), paths=list(self._pending)[:20])
+            build.cancel()
+            return

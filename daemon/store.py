@@ -1,0 +1,324 @@
+"""The SQLite store: every build, its units, and the projects being watched.
+
+WAL mode so readers (history, show) never wait on the writer; the schema
+version lives in `PRAGMA user_version` and MIGRATIONS brings any older store
+up to date in one transaction, keeping its history. Every write is one
+transaction. The class is synchronous; the daemon calls it from a worker
+thread (see AsyncStore) so SQLite never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import anyio.to_thread
+
+from client.protocol import PHASE_KEYS
+from daemon.errors import StoreError
+from daemon.records import BuildResult, UnitRecord, summary
+
+MIGRATIONS: list[str] = [
+    # 1: builds, their rebuilt units, watched projects.
+    """
+    CREATE TABLE builds (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        command TEXT NOT NULL,
+        config TEXT NOT NULL,
+        outcome TEXT,
+        wall_s REAL,
+        settle_s REAL,
+        errors INTEGER,
+        warnings INTEGER,
+        units_rebuilt INTEGER,
+        units_fresh INTEGER,
+        linker TEXT,
+        overhead_s REAL, compile_s REAL, frontend_s REAL, codegen_s REAL,
+        link_s REAL, build_script_s REAL, lock_wait_s REAL, other_s REAL,
+        first_error TEXT,
+        diagnostics TEXT,
+        pgid INTEGER,
+        pg_start INTEGER
+    );
+    CREATE INDEX builds_by_project ON builds (project, id);
+    CREATE INDEX builds_running ON builds (id) WHERE outcome IS NULL;
+    CREATE TABLE units (
+        build_id INTEGER NOT NULL REFERENCES builds (id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        target TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        start_s REAL,
+        total_s REAL,
+        PRIMARY KEY (build_id, seq)
+    );
+    CREATE TABLE projects (
+        root TEXT PRIMARY KEY,
+        env TEXT NOT NULL,
+        overrides TEXT NOT NULL,
+        added_at TEXT NOT NULL
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Rendered diagnostics are kept for `rbd show`; a build spewing megabytes of
+# warnings keeps its head, which is where the first error is.
+MAX_DIAGNOSTICS_CHARS = 256 * 1024
+
+_SUMMARY_COLUMNS = (
+    "id, project, started_at, trigger, command, config, outcome, wall_s, settle_s, errors, "
+    "warnings, units_rebuilt, units_fresh, linker, " + ", ".join(PHASE_KEYS)
+)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the store {self.path} has schema {version}, newer than this rbd "
+                f"understands ({SCHEMA_VERSION}); upgrade rbd"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        with self._transaction() as db:
+            for script in MIGRATIONS[version:]:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            # PRAGMA takes no parameters; the value is our own integer.
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    # Builds -----------------------------------------------------------------
+
+    def begin_build(
+        self,
+        *,
+        project: str,
+        trigger: list[str],
+        command: list[str],
+        config: str,
+        settle_s: float | None,
+        pgid: int | None = None,
+        pg_start: int | None = None,
+    ) -> int:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO builds (project, started_at, trigger, command, config, settle_s,"
+                " pgid, pg_start) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    project,
+                    now_iso(),
+                    json.dumps(trigger),
+                    json.dumps(command),
+                    config,
+                    settle_s,
+                    pgid,
+                    pg_start,
+                ),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def set_process_group(self, build_id: int, pgid: int, pg_start: int | None) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE builds SET pgid = ?, pg_start = ? WHERE id = ?", (pgid, pg_start, build_id)
+            )
+
+    def finish_build(self, build_id: int, result: BuildResult) -> None:
+        phases = [result.phases.get(key) for key in PHASE_KEYS]
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE builds SET outcome = ?, wall_s = ?, errors = ?, warnings = ?,"
+                " units_rebuilt = ?, units_fresh = ?, linker = ?, first_error = ?,"
+                " diagnostics = ?, pgid = NULL, pg_start = NULL, "
+                + ", ".join(f"{key} = ?" for key in PHASE_KEYS)
+                + " WHERE id = ?",
+                (
+                    result.outcome,
+                    result.wall_s,
+                    result.errors,
+                    result.warnings,
+                    result.units_rebuilt,
+                    result.units_fresh,
+                    result.linker,
+                    result.first_error,
+                    result.diagnostics[:MAX_DIAGNOSTICS_CHARS],
+                    *phases,
+                    build_id,
+                ),
+            )
+            db.executemany(
+                "INSERT INTO units (build_id, seq, name, target, kind, start_s, total_s)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (build_id, seq, u.name, u.target, u.kind, u.start_s, u.total_s)
+                    for seq, u in enumerate(result.units)
+                ],
+            )
+
+    def running_builds(self) -> list[tuple[int, int | None, int | None]]:
+        """Builds begun and never finished: (id, pgid, pg_start) of each."""
+        rows = self._db.execute(
+            "SELECT id, pgid, pg_start FROM builds WHERE outcome IS NULL ORDER BY id"
+        ).fetchall()
+        return [(row["id"], row["pgid"], row["pg_start"]) for row in rows]
+
+    def mark_interrupted(self, build_id: int) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE builds SET outcome = 'interrupted', pgid = NULL, pg_start = NULL"
+                " WHERE id = ? AND outcome IS NULL",
+                (build_id,),
+            )
+
+    def history(self, project: str | None, limit: int) -> list[dict[str, Any]]:
+        where = "outcome IS NOT NULL" + (" AND project = ?" if project else "")
+        params: tuple[Any, ...] = (project, limit) if project else (limit,)
+        rows = self._db.execute(
+            f"SELECT {_SUMMARY_COLUMNS} FROM builds WHERE {where} ORDER BY id DESC LIMIT ?",
+            params,
+        ).fetchall()
+        return [_summary(row) for row in rows]
+
+    def last_build(self, project: str) -> dict[str, Any] | None:
+        builds = self.history(project, 1)
+        return builds[0] if builds else None
+
+    def build(self, build_id: int) -> dict[str, Any] | None:
+        row = self._db.execute(
+            f"SELECT {_SUMMARY_COLUMNS}, first_error, diagnostics FROM builds"
+            " WHERE id = ? AND outcome IS NOT NULL",
+            (build_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        detail = _summary(row)
+        detail["first_error"] = row["first_error"]
+        detail["diagnostics"] = row["diagnostics"] or ""
+        units = self._db.execute(
+            "SELECT name, target, kind, start_s, total_s FROM units WHERE build_id = ?"
+            " ORDER BY total_s IS NULL, total_s DESC, seq",
+            (build_id,),
+        ).fetchall()
+        detail["units"] = [
+            UnitRecord(u["name"], u["target"], u["kind"], u["start_s"], u["total_s"]).to_json()
+            for u in units
+        ]
+        return detail
+
+    def known_projects(self) -> list[str]:
+        rows = self._db.execute("SELECT DISTINCT project FROM builds").fetchall()
+        return [row[0] for row in rows]
+
+    # Watched projects --------------------------------------------------------
+
+    def save_project(self, root: str, env: dict[str, str], overrides: dict[str, Any]) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO projects (root, env, overrides, added_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (root) DO UPDATE SET env = excluded.env,"
+                " overrides = excluded.overrides",
+                (root, json.dumps(env), json.dumps(overrides), now_iso()),
+            )
+
+    def remove_project(self, root: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM projects WHERE root = ?", (root,))
+
+    def watched_projects(self) -> list[tuple[str, dict[str, str], dict[str, Any]]]:
+        rows = self._db.execute("SELECT root, env, overrides FROM projects ORDER BY added_at")
+        return [(r["root"], json.loads(r["env"]), json.loads(r["overrides"])) for r in rows]
+
+
+def _summary(row: sqlite3.Row) -> dict[str, Any]:
+    return summary(
+        build_id=row["id"],
+        project=row["project"],
+        started_at=row["started_at"],
+        trigger=json.loads(row["trigger"]),
+        command=json.loads(row["command"]),
+        config=row["config"],
+        outcome=row["outcome"],
+        wall_s=row["wall_s"],
+        settle_s=row["settle_s"],
+        errors=row["errors"],
+        warnings=row["warnings"],
+        units_rebuilt=row["units_rebuilt"],
+        units_fresh=row["units_fresh"],
+        linker=row["linker"],
+        phases={key: row[key] for key in PHASE_KEYS},
+    )
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class AsyncStore:
+    """The store for the event loop: each call runs in one worker thread at a time.
+
+    A failing store must not stop builds: callers get StoreError and the last
+    error stays readable in `error` for `rbd status`.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.sync = store
+        self.error: str | None = None
+        self._limiter = anyio.CapacityLimiter(1)
+
+    async def call(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        def run() -> T:
+            return method(*args, **kwargs)
+
+        try:
+            result = await anyio.to_thread.run_sync(run, limiter=self._limiter)
+        except sqlite3.Error as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            raise StoreError(f"store {self.sync.path}: {exc}") from exc
+        return result
