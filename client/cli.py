@@ -70,30 +70,22 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_shutdown(args: argparse.Namespace) -> int:
     import time
 
+    from client import paths
+
     with Connection.open() as conn:
         pid = conn.request(protocol.SHUTDOWN)["pid"]
-        # The daemon closes the connection when it is done; waiting here means
-        # that socket and lock are gone when the command returns.
+        # The daemon closes the connection as it exits, after removing its
+        # socket and lock: once both are gone, it is done.
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:
                 conn.receive(timeout=max(0.1, deadline - time.monotonic()))
             except RbdError:
                 break
-    while _alive(pid) and time.monotonic() < deadline:
+    while os.path.exists(paths.socket_path()) and time.monotonic() < deadline:
         time.sleep(0.02)
     print(f"rbd: daemon {pid} stopped")
     return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def cmd_status(args: argparse.Namespace) -> int:

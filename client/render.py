@@ -108,7 +108,8 @@ def history(builds: list[dict[str, Any]]) -> str:
         trigger = b.get("trigger") or []
         shown = ", ".join(trigger[:2]) + (f" +{len(trigger) - 2}" if len(trigger) > 2 else "")
         lines.append(
-            f"{b['id']:>6}  {b['started_at'][:19].replace('T', ' '):19}  {b['outcome']:11} "
+            f"{b['id']:>6}  {b['started_at'][:19].replace('T', ' '):19}  "
+            f"{MARKS.get(b['outcome'], '?')} {b['outcome']:11} "
             f"{seconds(b.get('wall_s')):>9}  {b.get('errors') or 0:>3} {b.get('warnings') or 0:>4}"
             f"  {shown or '(start)'}"
         )

@@ -29,9 +29,8 @@ log = structlog.get_logger("builder")
 
 PROGRESS = re.compile(r"^\s*Building \[[^\]]*\]\s+(\d+)/(\d+):?\s*(.*?)\s*$")
 COMPILING = re.compile(r"^\s*Compiling (\S+) v")
-# Writes reaching the watcher this soon after a build script ran are taken
-# for the script's own output, not the user's.
-BUILD_SCRIPT_WINDOW_S = 0.5
+# File timestamps may be coarser than the clock (some filesystems keep 1 ms or worse).
+MTIME_SLACK_NS = 5_000_000
 LINKED_SUFFIXES = (".rmeta", ".rlib", ".d", ".a", ".lib")
 MAX_STDERR_KEEP = 200
 
@@ -80,7 +79,9 @@ class Build:
         self._cancelled = False
         self._process: Process | None = None
         self._started: dict[str, float] = {}
-        self._last_script_run = float("-inf")
+        self.spawned_wall_ns = 0
+        # (start, end) mtimes, in ns, of each build script run of this build.
+        self._script_runs: list[tuple[int, int]] = []
         self._stderr: list[str] = []
         self.result = BuildResult(outcome="success", wall_s=0.0)
 
@@ -97,24 +98,31 @@ class Build:
         if self.pgid is not None:
             procs.kill_group(self.pgid)
 
-    def owns_write(self, relative: str, seen_at: float) -> bool:
-        """Whether a file change seen at `seen_at` (monotonic) was made by this build.
+    def owns_write(self, relative: str) -> bool:
+        """Whether the current content of a changed file was written by this build.
 
-        cargo writes Cargo.lock; build scripts may write into the tree. A
-        change is the build's own if it is Cargo.lock, or was seen while one
-        of the build's scripts ran or just after one finished.
+        cargo writes Cargo.lock while resolving. A build script runs between
+        cargo's `invoked.timestamp` (touched just before the script starts,
+        for its own rerun-if-changed checks) and its `output` file: a file
+        whose mtime falls in such a run was written by the script. Deciding
+        by mtime, not by when the event arrived, keeps a user's edit made
+        during or after the build a change.
         """
-        if seen_at < self.spawned_at:
+        try:
+            mtime = (self.cwd / relative).stat().st_mtime_ns
+        except OSError:
             return False
         if Path(relative).name == "Cargo.lock":
-            return True
-        if abs(seen_at - self._last_script_run) < BUILD_SCRIPT_WINDOW_S:
-            return True
-        return self.pgid is not None and _build_script_running(self.pgid)
+            return mtime >= self.spawned_wall_ns - MTIME_SLACK_NS
+        return any(
+            start - MTIME_SLACK_NS <= mtime <= end + MTIME_SLACK_NS
+            for start, end in self._script_runs
+        )
 
     async def run(self) -> BuildResult:
         result = self.result
         self.spawned_at = time.monotonic()
+        self.spawned_wall_ns = time.time_ns()
         try:
             process = await anyio.open_process(
                 self.argv,
@@ -206,7 +214,18 @@ class Build:
         elif reason == "compiler-message":
             self._on_diagnostic(message.get("message") or {})
         elif reason == "build-script-executed":
-            self._last_script_run = time.monotonic()
+            self._on_script_run(str(message.get("out_dir", "")))
+
+    def _on_script_run(self, out_dir: str) -> None:
+        # cargo reports fresh build scripts too; only a run of this build counts.
+        unit_dir = Path(out_dir).parent
+        try:
+            start = (unit_dir / "invoked.timestamp").stat().st_mtime_ns
+            end = (unit_dir / "output").stat().st_mtime_ns
+        except OSError:
+            return
+        if start >= self.spawned_wall_ns - MTIME_SLACK_NS:
+            self._script_runs.append((start, max(start, end)))
 
     def _on_artifact(self, message: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -263,14 +282,3 @@ class Build:
                     block.append(more)
                 return "\n".join(block)
         return None
-
-
-def _build_script_running(pgid: int) -> bool:
-    for pid, _ in procs.group_members(pgid):
-        try:
-            with open(f"/proc/{pid}/comm", "rb") as f:
-                if f.read().startswith(b"build-script-"):
-                    return True
-        except OSError:
-            continue
-    return False

@@ -83,6 +83,7 @@ class Project:
                 self.stopped.set()
 
     def stop(self) -> None:
+        self.watcher.close()
         if self._scope is not None:
             self._scope.cancel()
 
@@ -114,6 +115,7 @@ class Project:
             build_id = await self.store.call(
                 self.store.sync.begin_build,
                 project=self.key,
+                started_at=started_at,
                 trigger=trigger,
                 command=argv,
                 config="default",

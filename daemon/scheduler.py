@@ -25,13 +25,8 @@ GIT_LOCK_POLL_S = 0.02
 GIT_LOCK_MAX_WAIT_S = 30.0
 
 
-# Changes reaching rbd this soon after a build ended are still looked at as
-# possibly the build's own (the watcher hands events over a few ms late).
-LATE_EVENT_S = 0.1
-
-
 class RunningBuild(Protocol):
-    def owns_write(self, relative: str, seen_at: float) -> bool: ...
+    def owns_write(self, relative: str) -> bool: ...
     def cancel(self) -> None: ...
 
 
@@ -60,6 +55,8 @@ class Scheduler:
         self.settle_s = settle_s
         self.state = "idle"
         self.current: RunningBuild | None = None
+        # The last build: what it wrote may reach the watcher after it ended.
+        self.previous: RunningBuild | None = None
         self._launch = launch
         # Changed paths (relative to root) not yet built, with when each was seen.
         self._pending: dict[str, float] = {}
@@ -82,6 +79,8 @@ class Scheduler:
                 self.state = "idle"
                 await self._wake.wait()
             await self._settle()
+            if self.previous is not None:
+                self._drop_own_writes(self.previous)
             if not self._pending:
                 continue
             trigger = list(self._pending)
@@ -123,15 +122,10 @@ class Scheduler:
                 await self._launch(trigger, settle_s)
             finally:
                 tg.cancel_scope.cancel()
-        build, self.current = self.current, None
-        if build is not None:
-            # What the build wrote in its last moments arrives after it ended.
-            with anyio.move_on_after(LATE_EVENT_S):
-                await self._wake.wait()
-            self._drop_own_writes(build)
+        self.previous, self.current = self.current, None
 
     def _drop_own_writes(self, build: RunningBuild) -> None:
-        own = [path for path, seen in self._pending.items() if build.owns_write(path, seen)]
+        own = [path for path in self._pending if build.owns_write(path)]
         for path in own:
             del self._pending[path]
         if own:

@@ -139,6 +139,7 @@ class Store:
         self,
         *,
         project: str,
+        started_at: str,
         trigger: list[str],
         command: list[str],
         config: str,
@@ -152,7 +153,7 @@ class Store:
                 " pgid, pg_start) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     project,
-                    now_iso(),
+                    started_at,
                     json.dumps(trigger),
                     json.dumps(command),
                     config,

@@ -8,6 +8,7 @@ trigger files reach the callback, as paths relative to the project root.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import anyio.to_thread
 import structlog
 from watchfiles import Change, awatch
 
+from daemon.ignore import ALWAYS_IGNORED_DIRS
 from daemon.watchplan import WatchPlan
 from daemon.workspace import Workspace
 
@@ -44,6 +46,8 @@ class Watcher:
         self._on_problem = on_problem
         self._replan = anyio.Event()
         self._force_polling = False
+        self._closed = False
+        self._stop = anyio.Event()
         self.ready = anyio.Event()
 
     def replan(self, workspace: Workspace | None = None) -> None:
@@ -51,15 +55,28 @@ class Watcher:
             self.workspace = workspace
         self._replan.set()
 
+    def close(self) -> None:
+        """Stop watching. watchfiles waits for events in a thread that a
+        cancellation cannot interrupt; the stop event is what ends it promptly."""
+        self._closed = True
+        self._stop.set()
+        self._replan.set()
+
     @property
     def watch_count(self) -> int:
         return 0 if self.plan is None else len(self.plan.flat) + len(self.plan.recursive)
 
     async def run(self) -> None:
-        while True:
+        while not self._closed:
             self._replan = anyio.Event()
             plan = await anyio.to_thread.run_sync(WatchPlan.build, self.workspace)
-            self.plan = plan
+            previous, self.plan = self.plan, plan
+            if previous is not None:
+                # Whatever changed while no watch was in place (files written
+                # into a directory before its watch existed) is a change too.
+                missed = await anyio.to_thread.run_sync(_missed, previous, plan)
+                if missed:
+                    self._report(missed)
             log.info(
                 "watch_planned",
                 root=str(self.workspace.root),
@@ -68,7 +85,7 @@ class Watcher:
                 files=len(plan.digests),
                 polling=self._force_polling,
             )
-            stop = anyio.Event()
+            self._stop = stop = anyio.Event()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch, plan, plan.flat, False, stop)
                 tg.start_soon(self._watch, plan, plan.recursive, True, stop)
@@ -113,15 +130,40 @@ class Watcher:
         paths = sorted({Path(path) for _, path in changes})
         changed, replan = await anyio.to_thread.run_sync(_sort_out, plan, paths)
         if changed:
-            root = self.workspace.root
-            self._on_change(
-                [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in changed]
-            )
+            self._report(changed)
         if replan:
             self._replan.set()
 
+    def _report(self, changed: list[Path]) -> None:
+        root = self.workspace.root
+        self._on_change(
+            [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in changed]
+        )
+
 
 def _sort_out(plan: WatchPlan, paths: list[Path]) -> tuple[list[Path], bool]:
+    # New ignore rules apply to the files of the same batch.
+    for path in paths:
+        plan.reload_rules(path)
     changed = [path for path in paths if plan.changed(path)]
+    for path in paths:
+        if path.is_dir():
+            # Files written into a new directory before its watch was added
+            # produced no event of their own.
+            changed.extend(file for file in _files_below(path) if plan.changed(file))
     replan = any(plan.needs_replan(path) for path in paths)
     return changed, replan
+
+
+def _missed(before: WatchPlan, after: WatchPlan) -> list[Path]:
+    changed = [path for path, found in after.digests.items() if before.digests.get(path) != found]
+    gone = [path for path in before.digests if path not in after.digests and not path.exists()]
+    return sorted(changed + gone)
+
+
+def _files_below(directory: Path) -> list[Path]:
+    found = []
+    for parent, dirs, files in os.walk(directory):
+        dirs[:] = [d for d in dirs if d not in ALWAYS_IGNORED_DIRS]
+        found.extend(Path(parent, name) for name in files)
+    return found

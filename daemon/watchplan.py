@@ -157,6 +157,12 @@ class WatchPlan:
         tree = self.tree_for(path)
         return path.is_dir() and tree is not None and not self._excluded_dir(path, tree)
 
+    def reload_rules(self, path: Path) -> None:
+        """Take in an edited, new or deleted .gitignore/.ignore file."""
+        tree = self.tree_for(path)
+        if path.name in IGNORE_FILES and tree is not None:
+            tree.rules.add_file(path)
+
     def changed(self, path: Path) -> bool:
         """Whether path's content differs from the last seen; records the new digest."""
         if not self.wants(path):

@@ -1,0 +1,149 @@
+"""The daemon's life: autospawn, status, stop, shutdown, crash recovery, restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+from pathlib import Path
+
+from tests.conftest import SLOW_MAIN, Rbd, make_crate, processes_in_group, rustc_processes_under, wait_gone
+from tests.test_projects import main_rs, started, wait_for_rustc
+
+
+def test_start_spawns_one_daemon_that_watches_several_projects(rbd: Rbd, tmp_path: Path) -> None:
+    one = make_crate(tmp_path / "one", "one")
+    two = make_crate(tmp_path / "two", "two")
+    assert "watching" in rbd.ok("start", cwd=one)
+    pid = rbd.daemon_pid()
+    assert "watching" in rbd.ok("start", str(two))
+    assert rbd.daemon_pid() == pid
+    assert "already watching" in rbd.ok("start", cwd=one / "src")
+
+    status = json.loads(rbd.ok("status", "--json"))
+    daemon = status["daemon"]
+    assert daemon["pid"] == pid
+    assert daemon["protocol"] == 1
+    assert daemon["version"]
+    assert daemon["uptime_s"] >= 0
+    assert daemon["socket"] == rbd.socket
+    assert daemon["store"] == rbd.store
+    assert daemon["log"].startswith(str(rbd.base / "state"))
+    roots = sorted(p["root"] for p in status["projects"])
+    assert roots == [str(one), str(two)]
+    for project in status["projects"]:
+        assert project["state"] in ("idle", "settling", "waiting", "building")
+        assert project["config"]["command"] == "build"
+        assert "last_build" in project
+    only = json.loads(rbd.ok("status", "--json", str(two)))
+    assert [p["root"] for p in only["projects"]] == [str(two)]
+    assert str(one) in rbd.ok("status")
+
+
+def test_stop_forgets_the_project_and_shutdown_leaves_nothing(rbd: Rbd, tmp_path: Path) -> None:
+    crate = make_crate(tmp_path / "slow", "slow", {"src/main.rs": SLOW_MAIN})
+    other = make_crate(tmp_path / "other", "other")
+    rbd.ok("start", cwd=other)
+    rbd.ok("start", cwd=crate)
+    rustc = wait_for_rustc(crate)
+    assert "stopped watching" in rbd.ok("stop", cwd=crate)
+    assert all(wait_gone(pid, 10) for pid in rustc), "stop left the build running"
+    status = json.loads(rbd.ok("status", "--json"))
+    assert [p["root"] for p in status["projects"]] == [str(other)]
+    assert rbd.run("stop", cwd=crate).returncode == 1
+
+    pid = rbd.daemon_pid()
+    rbd.ok("start", cwd=crate)
+    wait_for_rustc(crate)
+    assert "stopped" in rbd.ok("shutdown")
+    assert wait_gone(pid, 10)
+    assert not os.path.exists(rbd.socket)
+    assert not os.path.exists(rbd.lock)
+    assert rustc_processes_under(crate) == []
+    with sqlite3.connect(rbd.store) as db:
+        outcomes = [row[0] for row in db.execute("SELECT outcome FROM builds WHERE project = ?", (str(crate),))]
+    assert outcomes == ["cancelled", "cancelled"]
+
+
+def test_kill_9_during_a_build_is_cleaned_up_by_the_next_start(rbd: Rbd, tmp_path: Path) -> None:
+    crate = make_crate(tmp_path / "slow", "slow", {"src/main.rs": SLOW_MAIN})
+    events = started(rbd, crate)
+    interrupted_id = events.started()["build_id"]
+    rustc = wait_for_rustc(crate)
+    pgid = os.getpgid(rustc[0])
+    os.kill(rbd.daemon_pid(), signal.SIGKILL)
+    events.close()
+    leftovers = processes_in_group(pgid)
+    assert leftovers, "cargo should outlive a daemon killed with SIGKILL"
+    assert os.path.exists(rbd.socket)
+    assert rbd.run("status").returncode == 3
+
+    (crate / "src" / "main.rs").write_text(main_rs("fast"))
+    assert rbd.run("start", cwd=crate).returncode == 0
+    assert all(wait_gone(pid, 5) for pid in leftovers + rustc)
+    events = rbd.events()
+    build = events.finished()
+    assert build["outcome"] == "success"
+    history = json.loads(rbd.ok("history", "--json", cwd=crate))
+    assert [b["outcome"] for b in history][-1] == "interrupted"
+    assert history[-1]["id"] == interrupted_id
+    with sqlite3.connect(rbd.store) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_history_survives_a_restart(rbd: Rbd, crate: Path) -> None:
+    events = started(rbd, crate)
+    events.finished()
+    (crate / "src" / "main.rs").write_text(main_rs("second"))
+    events.finished()
+    before = json.loads(rbd.ok("history", "--json", cwd=crate))
+    rbd.ok("shutdown")
+    rbd.start_daemon()
+    # The restarted daemon watches the same project again, with a first build.
+    events = rbd.events()
+    events.finished()
+    after = json.loads(rbd.ok("history", "--json", cwd=crate))
+    assert after[1:] == before
+    assert len(json.loads(rbd.ok("history", "--json", "--limit", "1", cwd=crate))) == 1
+    assert json.loads(rbd.ok("history", "--json", "--all")) == after
+
+
+def test_unreachable_daemon_exits_3_with_advice(rbd: Rbd) -> None:
+    for command in (["status"], ["history"], ["tail"], ["stop"], ["shutdown"], ["show", "1"]):
+        done = rbd.run(*command)
+        assert done.returncode == 3, command
+        assert "rbd start" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_bad_projects_get_a_clear_error(rbd: Rbd, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = rbd.run("start", cwd=empty)
+    assert done.returncode == 1
+    assert f"no Cargo.toml in {empty}" in done.stderr
+
+    crate = make_crate(tmp_path / "demo")
+    no_cargo = {**rbd.env, "PATH": "/usr/bin:/bin"}
+    done = rbd.run("start", cwd=crate, env=no_cargo)
+    assert done.returncode == 1
+    assert "cargo is not on the PATH" in done.stderr
+    assert json.loads(rbd.ok("status", "--json"))["projects"] == []
+
+    done = rbd.run("show", "999")
+    assert done.returncode == 1 and "no finished build with id 999" in done.stderr
+    done = rbd.run("history", "--limit", "0")
+    assert done.returncode == 2
+    done = rbd.run("frobnicate")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_stale_socket_of_a_killed_idle_daemon_is_replaced(rbd: Rbd, crate: Path) -> None:
+    rbd.ok("start", cwd=crate)
+    old = rbd.daemon_pid()
+    os.kill(old, signal.SIGKILL)
+    assert wait_gone(old, 5)
+    assert os.path.exists(rbd.socket) and os.path.exists(rbd.lock)
+    rbd.ok("start", cwd=crate)
+    assert rbd.daemon_pid() != old
