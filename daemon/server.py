@@ -71,6 +71,9 @@ async def handle(daemon: Daemon, stream: SocketStream) -> None:
                 tg.cancel_scope.cancel()
     except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError, OSError):
         pass
+    except Exception:
+        # Whatever went wrong is this connection's problem, never the daemon's.
+        log.exception("connection_failed")
     finally:
         if connection.subscription is not None:
             daemon.hub.unsubscribe(connection.subscription)
@@ -107,6 +110,8 @@ async def _serve_requests(connection: Connection) -> None:
             await connection.send(reply)
             if close:
                 return
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError, OSError):
+        return  # the client left mid-reply
     finally:
         connection.closing.set()
 

@@ -6,9 +6,12 @@ import json
 import os
 import signal
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from tests.conftest import SLOW_MAIN, Rbd, make_crate, processes_in_group, rustc_processes_under, wait_gone
+from tests.conftest import WAIT_S, SLOW_MAIN, Rbd, make_crate, processes_in_group, rustc_processes_under, wait_gone
 from tests.test_projects import main_rs, started, wait_for_rustc
 
 
@@ -82,10 +85,9 @@ def test_kill_9_during_a_build_is_cleaned_up_by_the_next_start(rbd: Rbd, tmp_pat
     (crate / "src" / "main.rs").write_text(main_rs("fast"))
     assert rbd.run("start", cwd=crate).returncode == 0
     assert all(wait_gone(pid, 5) for pid in leftovers + rustc)
-    events = rbd.events()
-    build = events.finished()
-    assert build["outcome"] == "success"
-    history = json.loads(rbd.ok("history", "--json", cwd=crate))
+    # The restarted daemon resumed the project, and its first build may be over
+    # before anyone could subscribe: wait on the record instead.
+    history = wait_for_history(rbd, crate, lambda builds: builds[0]["outcome"] == "success")
     assert [b["outcome"] for b in history][-1] == "interrupted"
     assert history[-1]["id"] == interrupted_id
     with sqlite3.connect(rbd.store) as db:
@@ -101,9 +103,7 @@ def test_history_survives_a_restart(rbd: Rbd, crate: Path) -> None:
     rbd.ok("shutdown")
     rbd.start_daemon()
     # The restarted daemon watches the same project again, with a first build.
-    events = rbd.events()
-    events.finished()
-    after = json.loads(rbd.ok("history", "--json", cwd=crate))
+    after = wait_for_history(rbd, crate, lambda builds: len(builds) == len(before) + 1)
     assert after[1:] == before
     assert len(json.loads(rbd.ok("history", "--json", "--limit", "1", cwd=crate))) == 1
     assert json.loads(rbd.ok("history", "--json", "--all")) == after
@@ -147,3 +147,15 @@ def test_stale_socket_of_a_killed_idle_daemon_is_replaced(rbd: Rbd, crate: Path)
     assert os.path.exists(rbd.socket) and os.path.exists(rbd.lock)
     rbd.ok("start", cwd=crate)
     assert rbd.daemon_pid() != old
+
+
+def wait_for_history(
+    rbd: Rbd, crate: Path, condition: Callable[[list[dict[str, Any]]], bool]
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        builds = json.loads(rbd.ok("history", "--json", cwd=crate))
+        if builds and condition(builds):
+            return builds  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise AssertionError("history never reached the expected state")

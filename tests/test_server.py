@@ -1,0 +1,128 @@
+"""The wire protocol as a script or editor plugin would speak it, over a raw socket."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import pytest
+
+from client import protocol
+from tests.conftest import Rbd
+
+
+class Raw:
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(path)
+        self.reader = self.sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def ask(self, message: dict[str, Any]) -> dict[str, Any]:
+        self.send(json.dumps(message).encode() + b"\n")
+        return self.read()
+
+    def read(self) -> dict[str, Any]:
+        line = self.reader.readline()
+        assert line, "connection closed"
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def closed(self) -> bool:
+        return self.reader.readline() == b""
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def raw(rbd: Rbd) -> Any:
+    rbd.start_daemon()
+    connections: list[Raw] = []
+
+    def connect() -> Raw:
+        connection = Raw(rbd.socket)
+        connections.append(connection)
+        return connection
+
+    yield connect
+    for connection in connections:
+        connection.close()
+
+
+def test_hello_then_requests_with_ids(raw: Any) -> None:
+    c = raw()
+    hello = c.ask({"op": "hello", "protocol": protocol.PROTOCOL_VERSION, "id": "h"})
+    assert hello["ok"] is True and hello["id"] == "h"
+    assert hello["protocol"] == protocol.PROTOCOL_VERSION and hello["pid"] > 0
+    status = c.ask({"op": "status", "id": 7})
+    assert status["ok"] is True and status["id"] == 7
+    assert set(status["daemon"]) >= {"pid", "version", "protocol", "uptime_s", "socket", "log", "store"}
+    history = c.ask({"op": "history", "id": [1, 2], "all": True})
+    assert history == {"id": [1, 2], "ok": True, "project": None, "builds": []}
+
+
+def test_requests_before_hello_are_refused(raw: Any) -> None:
+    c = raw()
+    reply = c.ask({"op": "status", "id": 1})
+    assert reply["ok"] is False and reply["error"]["code"] == protocol.HELLO_REQUIRED
+
+
+def test_protocol_mismatch_says_how_to_recover(raw: Any) -> None:
+    c = raw()
+    reply = c.ask({"op": "hello", "protocol": 999, "id": 1})
+    assert reply["error"]["code"] == protocol.PROTOCOL_MISMATCH
+    assert "rbd shutdown && rbd start" in reply["error"]["message"]
+    assert c.closed()
+
+
+def test_malformed_requests_get_error_replies_and_the_daemon_stays(raw: Any, rbd: Rbd) -> None:
+    c = raw()
+    c.ask({"op": "hello", "protocol": protocol.PROTOCOL_VERSION})
+    cases: list[tuple[bytes, str]] = [
+        (b"not json\n", protocol.BAD_REQUEST),
+        (b"\xff\xfe\x00garbage\n", protocol.BAD_REQUEST),
+        (b"[1, 2, 3]\n", protocol.BAD_REQUEST),
+        (b'{"id": 1}\n', protocol.BAD_REQUEST),
+        (b'{"op": "frobnicate", "id": 2}\n', protocol.UNKNOWN_OP),
+        (b'{"op": "history", "id": 3, "limit": "many"}\n', protocol.BAD_REQUEST),
+        (b'{"op": "history", "id": 4, "limit": 0}\n', protocol.BAD_REQUEST),
+        (b'{"op": "show", "id": 5}\n', protocol.BAD_REQUEST),
+        (b'{"op": "show", "id": 6, "build_id": 12345}\n', protocol.NOT_FOUND),
+        (b'{"op": "start", "id": 7}\n', protocol.BAD_REQUEST),
+        (b'{"op": "start", "id": 8, "path": "/nonexistent/dir"}\n', protocol.NO_PROJECT),
+        (b'{"op": "start", "id": 9, "path": "/tmp", "env": {"A": 1}}\n', protocol.BAD_REQUEST),
+        (b'{"op": "stop", "id": 10, "path": "/"}\n', protocol.NOT_WATCHED),
+        (b'{"op": "subscribe", "id": 11, "path": "/"}\n', protocol.NOT_WATCHED),
+    ]
+    for line, code in cases:
+        c.send(line)
+        reply = c.read()
+        assert reply["ok"] is False, line
+        assert reply["error"]["code"] == code, (line, reply)
+        assert reply["error"]["message"]
+    assert c.ask({"op": "status", "id": 99})["ok"] is True
+    assert rbd.run("status").returncode == 0
+
+
+def test_oversized_request_is_refused_and_closed(raw: Any, rbd: Rbd) -> None:
+    c = raw()
+    c.ask({"op": "hello", "protocol": protocol.PROTOCOL_VERSION})
+    c.send(b'{"op": "status", "pad": "' + b"x" * (protocol.MAX_REQUEST_BYTES + 10))
+    reply = c.read()
+    assert reply["error"]["code"] == protocol.TOO_LARGE
+    assert c.closed()
+    assert rbd.run("status").returncode == 0
+
+
+def test_abrupt_disconnects_do_not_hurt(raw: Any, rbd: Rbd) -> None:
+    for _ in range(20):
+        c = raw()
+        c.send(b'{"op": "hello", "protocol": 1}\n{"op": "status"')
+        c.close()
+    assert rbd.run("status").returncode == 0
