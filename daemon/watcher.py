@@ -162,7 +162,7 @@ def _missed(before: WatchPlan, after: WatchPlan) -> list[Path]:
 
 
 def _files_below(directory: Path) -> list[Path]:
-    found = []
+    found: list[Path] = []
     for parent, dirs, files in os.walk(directory):
         dirs[:] = [d for d in dirs if d not in ALWAYS_IGNORED_DIRS]
         found.extend(Path(parent, name) for name in files)

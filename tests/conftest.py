@@ -145,7 +145,10 @@ class Rbd:
         self._events: list[Events] = []
 
     def run(
-        self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
         timeout: float = WAIT_S,
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -178,8 +181,11 @@ class Rbd:
     def start_daemon(self) -> subprocess.Popen[bytes]:
         """Start the daemon without watching anything (so tests can subscribe first)."""
         process = subprocess.Popen(
-            [sys.executable, "-m", "daemon"], env=self.env, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [sys.executable, "-m", "daemon"],
+            env=self.env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         # Reap it when it exits, as init would for a daemon `rbd start` spawned.
         threading.Thread(target=process.wait, daemon=True).start()
@@ -255,6 +261,11 @@ def rustc_processes_under(path: Path) -> list[int]:
                 state = f.read().rsplit(b")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != b"Z" and argv and argv[0].endswith(b"rustc") and str(path).encode() in b" ".join(argv):
+        if (
+            state != b"Z"
+            and argv
+            and argv[0].endswith(b"rustc")
+            and str(path).encode() in b" ".join(argv)
+        ):
             found.append(int(name))
     return found

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import plistlib
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import WAIT_S, SLOW_MAIN, Rbd, make_crate, processes_in_group, rustc_processes_under, wait_gone
+from tests.conftest import (
+    SLOW_MAIN,
+    WAIT_S,
+    Rbd,
+    make_crate,
+    processes_in_group,
+    rustc_processes_under,
+    wait_gone,
+)
 from tests.test_projects import main_rs, started, wait_for_rustc
 
 
@@ -65,7 +76,10 @@ def test_stop_forgets_the_project_and_shutdown_leaves_nothing(rbd: Rbd, tmp_path
     assert not os.path.exists(rbd.lock)
     assert rustc_processes_under(crate) == []
     with sqlite3.connect(rbd.store) as db:
-        outcomes = [row[0] for row in db.execute("SELECT outcome FROM builds WHERE project = ?", (str(crate),))]
+        outcomes = [
+            row[0]
+            for row in db.execute("SELECT outcome FROM builds WHERE project = ?", (str(crate),))
+        ]
     assert outcomes == ["cancelled", "cancelled"]
 
 
@@ -159,3 +173,55 @@ def wait_for_history(
             return builds  # type: ignore[no-any-return]
         time.sleep(0.05)
     raise AssertionError("history never reached the expected state")
+
+
+def test_foreground_daemon_for_service_managers_stops_on_sigterm(rbd: Rbd, crate: Path) -> None:
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "client", "daemon", "--foreground"],
+        env=rbd.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        events = None
+        deadline = time.monotonic() + WAIT_S
+        while events is None and time.monotonic() < deadline:
+            try:
+                events = rbd.events()
+            except Exception:
+                assert daemon.poll() is None, daemon.communicate()
+                time.sleep(0.02)
+        assert events is not None
+        rbd.ok("start", cwd=crate)
+        events.finished()
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=10) == 0
+        assert not os.path.exists(rbd.socket)
+        # A second foreground daemon while one runs exits at once, successfully
+        # (systemd's Restart=on-failure then leaves it be).
+        first = rbd.start_daemon()
+        second = subprocess.run(
+            [sys.executable, "-m", "daemon", "--foreground"],
+            env=rbd.env,
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S,
+            check=False,
+        )
+        assert second.returncode == 0 and "already running" in second.stderr
+        assert first.poll() is None
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+
+
+def test_service_files_run_the_foreground_daemon() -> None:
+    root = Path(__file__).resolve().parent.parent
+    unit = (root / "systemd" / "rbd.service").read_text()
+    assert "ExecStart=@RBD@ daemon --foreground" in unit
+    assert "Restart=on-failure" in unit
+    with (root / "launchd" / "dev.rbd.daemon.plist").open("rb") as f:
+        plist = plistlib.load(f)
+    assert plist["ProgramArguments"] == ["@RBD@", "daemon", "--foreground"]
+    assert plist["KeepAlive"] == {"SuccessfulExit": False}

@@ -27,7 +27,10 @@ def test_precedence_manifest_then_rbd_toml_then_env_then_options(tmp_path: Path)
     (tmp_path / "rbd.toml").write_text('args = ["--bin", "x"]\nsettle_ms = 8\n')
     config = load(tmp_path, {"RBD_SETTLE_MS": "9", "RBD_COMMAND": "clippy"}, {})
     assert (config.command, config.args, config.settle_ms, config.timeout_s) == (
-        "clippy", ("--bin", "x"), 9, 9.0
+        "clippy",
+        ("--bin", "x"),
+        9,
+        9.0,
     )
     config = load(tmp_path, {"RBD_SETTLE_MS": "9"}, {"settle_ms": 1, "args": ["-p", "y"]})
     assert config.settle_ms == 1 and config.args == ("-p", "y")
@@ -64,7 +67,7 @@ def test_bad_env_and_rbd_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="RBD_SETTLE_MS must be an integer"):
         load(tmp_path, {"RBD_SETTLE_MS": "soon"}, {})
     (tmp_path / "rbd.toml").write_text("command = \n")
-    with pytest.raises(ConfigError, match="rbd.toml"):
+    with pytest.raises(ConfigError, match=r"rbd\.toml"):
         load(tmp_path, {}, {})
 
 

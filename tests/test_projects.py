@@ -8,11 +8,32 @@ from pathlib import Path
 from typing import Any
 
 from client import protocol
-from tests.conftest import SLOW_MAIN, Events, Rbd, make_crate, processes_in_group, rustc_processes_under, wait_gone
+from tests.conftest import (
+    SLOW_MAIN,
+    Events,
+    Rbd,
+    make_crate,
+    processes_in_group,
+    rustc_processes_under,
+    wait_gone,
+)
 
 SUMMARY_KEYS = {
-    "id", "project", "started_at", "trigger", "command", "config", "outcome", "wall_s",
-    "settle_s", "errors", "warnings", "units_rebuilt", "units_fresh", "linker", "phases",
+    "id",
+    "project",
+    "started_at",
+    "trigger",
+    "command",
+    "config",
+    "outcome",
+    "wall_s",
+    "settle_s",
+    "errors",
+    "warnings",
+    "units_rebuilt",
+    "units_fresh",
+    "linker",
+    "phases",
 }
 PHASE_KEYS = set(protocol.PHASE_KEYS)
 
@@ -218,7 +239,8 @@ def test_build_script_and_cargo_writes_are_not_changes(rbd: Rbd, tmp_path: Path)
         "fn main() {\n"
         '    println!("cargo:rerun-if-changed=build.rs");\n'
         "    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();\n"
-        '    std::fs::write("src/generated.rs", format!("pub const AT: u128 = {};\\n", now.as_nanos())).unwrap();\n'
+        '    let text = format!("pub const AT: u128 = {};\\n", now.as_nanos());\n'
+        '    std::fs::write("src/generated.rs", text).unwrap();\n'
         "}\n"
     )
     crate = make_crate(tmp_path / "gen", "gen", {"build.rs": build_rs})
@@ -242,7 +264,7 @@ def test_new_directories_and_path_dependencies_are_watched(rbd: Rbd, tmp_path: P
         {
             "Cargo.toml": '[package]\nname = "app"\nversion = "0.1.0"\nedition = "2021"\n\n'
             '[dependencies]\ndep = { path = "../dep" }\n',
-            "src/main.rs": "fn main() { println!(\"{}\", dep::f()); }\n",
+            "src/main.rs": 'fn main() { println!("{}", dep::f()); }\n',
         },
     )
     events = started(rbd, crate)
@@ -259,7 +281,9 @@ def test_new_directories_and_path_dependencies_are_watched(rbd: Rbd, tmp_path: P
 
 def test_builds_with_the_environment_of_rbd_start(rbd: Rbd, tmp_path: Path) -> None:
     crate = make_crate(
-        tmp_path / "envy", "envy", {"src/main.rs": 'fn main() { println!(env!("RBD_TEST_FLAVOR")); }\n'}
+        tmp_path / "envy",
+        "envy",
+        {"src/main.rs": 'fn main() { println!(env!("RBD_TEST_FLAVOR")); }\n'},
     )
     rbd.start_daemon()  # started without RBD_TEST_FLAVOR
     events = rbd.events()
@@ -312,8 +336,8 @@ def test_invalid_utf8_output_is_kept(rbd: Rbd, tmp_path: Path) -> None:
     build_rs = (
         "use std::io::Write;\n"
         "fn main() {\n"
-        "    std::io::stdout().write_all(b\"\\xff\\xfe not utf-8\\n\").unwrap();\n"
-        "    std::io::stderr().write_all(b\"\\xff\\xfe not utf-8\\n\").unwrap();\n"
+        '    std::io::stdout().write_all(b"\\xff\\xfe not utf-8\\n").unwrap();\n'
+        '    std::io::stderr().write_all(b"\\xff\\xfe not utf-8\\n").unwrap();\n'
         "    std::process::exit(1);\n"
         "}\n"
     )

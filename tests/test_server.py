@@ -62,7 +62,15 @@ def test_hello_then_requests_with_ids(raw: Any) -> None:
     assert hello["protocol"] == protocol.PROTOCOL_VERSION and hello["pid"] > 0
     status = c.ask({"op": "status", "id": 7})
     assert status["ok"] is True and status["id"] == 7
-    assert set(status["daemon"]) >= {"pid", "version", "protocol", "uptime_s", "socket", "log", "store"}
+    assert set(status["daemon"]) >= {
+        "pid",
+        "version",
+        "protocol",
+        "uptime_s",
+        "socket",
+        "log",
+        "store",
+    }
     history = c.ask({"op": "history", "id": [1, 2], "all": True})
     assert history == {"id": [1, 2], "ok": True, "project": None, "builds": []}
 

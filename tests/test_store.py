@@ -15,12 +15,23 @@ from daemon.store import AsyncStore, Store, now_iso
 
 def record(store: Store, project: str = "/p", outcome: str = "success", wall: float = 1.5) -> int:
     build_id = store.begin_build(
-        project=project, started_at=now_iso(), trigger=["src/main.rs"],
-        command=["cargo", "build"], config="default", settle_s=0.02,
+        project=project,
+        started_at=now_iso(),
+        trigger=["src/main.rs"],
+        command=["cargo", "build"],
+        config="default",
+        settle_s=0.02,
     )
-    result = BuildResult(outcome=outcome, wall_s=wall, errors=1 if outcome == "failure" else 0,
-                         units_rebuilt=1, units_fresh=3, linked=True, first_error=None,
-                         diagnostics="warning: x\n")
+    result = BuildResult(
+        outcome=outcome,
+        wall_s=wall,
+        errors=1 if outcome == "failure" else 0,
+        units_rebuilt=1,
+        units_fresh=3,
+        linked=True,
+        first_error=None,
+        diagnostics="warning: x\n",
+    )
     result.units.append(UnitRecord("demo", "demo", "bin", 0.01, 1.2))
     store.finish_build(build_id, result)
     return build_id
@@ -56,7 +67,11 @@ def test_builds_round_trip_newest_first(tmp_path: Path) -> None:
 def test_running_builds_are_hidden_until_finished_and_can_be_interrupted(tmp_path: Path) -> None:
     store = Store(tmp_path / "rbd.sqlite3")
     build_id = store.begin_build(
-        project="/p", started_at=now_iso(), trigger=[], command=["cargo"], config="default",
+        project="/p",
+        started_at=now_iso(),
+        trigger=[],
+        command=["cargo"],
+        config="default",
         settle_s=None,
     )
     store.set_process_group(build_id, 4242, 99)
@@ -89,7 +104,11 @@ def test_migration_from_an_empty_older_store_and_refusal_of_a_newer_one(tmp_path
 def test_failed_write_rolls_back_whole_build(tmp_path: Path) -> None:
     store = Store(tmp_path / "rbd.sqlite3")
     build_id = store.begin_build(
-        project="/p", started_at=now_iso(), trigger=[], command=["cargo"], config="default",
+        project="/p",
+        started_at=now_iso(),
+        trigger=[],
+        command=["cargo"],
+        config="default",
         settle_s=None,
     )
     result = BuildResult(outcome="success", wall_s=1.0)

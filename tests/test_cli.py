@@ -1,0 +1,126 @@
+"""The `rbd` client as a user runs it: thin imports, tail output, logs, paths."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import pytest
+
+from client import paths
+from tests.conftest import WAIT_S, Rbd
+
+HEAVY = ("structlog", "anyio", "watchfiles", "daemon", "sqlite3", "tomlkit")
+
+
+def imported_modules(rbd: Rbd, *args: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "client", *args],
+        env=rbd.env,
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        check=False,
+    )
+    modules = set()
+    for line in done.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            modules.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    return modules
+
+
+def test_status_imports_nothing_heavy(rbd: Rbd, crate: Path) -> None:
+    rbd.ok("start", cwd=crate)
+    modules = imported_modules(rbd, "status")
+    assert "client" in modules
+    assert not modules & set(HEAVY), modules & set(HEAVY)
+    assert not imported_modules(rbd, "history") & set(HEAVY)
+
+
+def test_runtime_dir_matches_platformdirs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert paths.runtime_dir() == platformdirs.user_runtime_dir("rbd")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert paths.log_path() == str(tmp_path / "state" / "rbd" / "rbd.log")
+
+
+def test_logs_prints_the_log_path(rbd: Rbd) -> None:
+    assert rbd.ok("logs").strip() == str(rbd.base / "state" / "rbd" / "rbd.log")
+
+
+def read_lines(process: subprocess.Popen[str]) -> queue.Queue[str]:
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line.rstrip("\n"))
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def next_matching(lines: queue.Queue[str], text: str) -> str:
+    seen: list[str] = []
+    while True:
+        try:
+            line = lines.get(timeout=WAIT_S)
+        except queue.Empty:
+            raise AssertionError(f"no line with {text!r}; saw {seen}") from None
+        seen.append(line)
+        if text in line:
+            return line
+
+
+def tail(rbd: Rbd, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "client", "tail", *args],
+        env=rbd.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_tail_prints_a_summary_per_build_and_the_first_error(rbd: Rbd, crate: Path) -> None:
+    rbd.start_daemon()
+    human = tail(rbd)
+    as_json = tail(rbd, "--json")
+    try:
+        human_lines, json_lines = read_lines(human), read_lines(as_json)
+        rbd.ok("start", cwd=crate)
+        assert "demo" in next_matching(human_lines, "✓")
+        (crate / "src" / "main.rs").write_text('fn main() { let x: u32 = "no"; }\n')
+        failed = next_matching(human_lines, "✗")
+        assert "1 errors" in failed and "src/main.rs" in failed
+        assert "mismatched types" in next_matching(human_lines, "error[E0308]")
+
+        events: list[dict[str, Any]] = []
+        while len([e for e in events if e["event"] == "build_finished"]) < 2:
+            events.append(json.loads(json_lines.get(timeout=WAIT_S)))
+        names = [e["event"] for e in events]
+        assert names[0] == "build_started" and "unit_finished" in names
+        started = [e for e in events if e["event"] == "build_started"]
+        assert started[1]["trigger"] == ["src/main.rs"]
+        unit = next(e for e in events if e["event"] == "unit_finished")
+        assert unit["name"] == "demo" and unit["duration_s"] is not None
+        finished = [e for e in events if e["event"] == "build_finished"]
+        assert finished[1]["build"]["outcome"] == "failure"
+        assert finished[1]["build"]["errors"] == 1
+        assert "mismatched types" in finished[1]["first_error"]
+        for event in events:
+            assert event["project"] == str(crate) and "build_id" in event
+    finally:
+        human.kill()
+        as_json.kill()
+        human.wait()
+        as_json.wait()

@@ -1,0 +1,127 @@
+"""Settling, git's lock, cancellation and own writes, with a stand-in for the builder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from daemon.scheduler import Scheduler
+
+pytestmark = pytest.mark.anyio
+TIMEOUT = 10
+
+
+class FakeBuild:
+    def __init__(self, own: set[str]) -> None:
+        self.own = own
+        self.cancelled = anyio.Event()
+
+    def owns_write(self, relative: str) -> bool:
+        return relative in self.own
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class Harness:
+    """Launches record their trigger; a launch can be held open like a long build."""
+
+    def __init__(self, root: Path, settle_s: float = 0.02, own: set[str] | None = None) -> None:
+        self.scheduler = Scheduler(root, settle_s, self.launch)
+        self.triggers: list[list[str]] = []
+        self.launched = anyio.Event()
+        self.hold = False
+        self.own = own or set()
+        self.build: FakeBuild | None = None
+
+    async def launch(self, trigger: list[str], settle_s: float | None) -> None:
+        self.triggers.append(trigger)
+        self.build = FakeBuild(self.own)
+        self.scheduler.current = self.build
+        self.launched.set()
+        if self.hold:
+            await self.build.cancelled.wait()
+
+    async def next_launch(self) -> list[str]:
+        with anyio.fail_after(TIMEOUT):
+            await self.launched.wait()
+        self.launched = anyio.Event()
+        return self.triggers[-1]
+
+
+async def test_a_burst_settles_into_one_build(tmp_path: Path) -> None:
+    h = Harness(tmp_path, settle_s=0.05)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.scheduler.run, False)
+        for i in range(50):
+            h.scheduler.notify([f"src/m{i}.rs"])
+            await anyio.sleep(0.001)  # writes a few ms apart, as git checkout makes them
+        trigger = await h.next_launch()
+        assert trigger == [f"src/m{i}.rs" for i in range(50)]
+        assert len(h.triggers) == 1
+        tg.cancel_scope.cancel()
+
+
+async def test_change_during_a_build_cancels_it_and_builds_both(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.hold = True
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.scheduler.run, False)
+        h.scheduler.notify(["src/a.rs"])
+        assert await h.next_launch() == ["src/a.rs"]
+        first = h.build
+        assert first is not None and h.scheduler.state == "building"
+        h.hold = False
+        h.scheduler.notify(["src/b.rs"])
+        with anyio.fail_after(TIMEOUT):
+            await first.cancelled.wait()
+        assert await h.next_launch() == ["src/b.rs"]
+        tg.cancel_scope.cancel()
+
+
+async def test_the_builds_own_writes_do_not_cancel_it(tmp_path: Path) -> None:
+    h = Harness(tmp_path, own={"Cargo.lock"})
+    h.hold = True
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.scheduler.run, False)
+        h.scheduler.notify(["src/a.rs"])
+        await h.next_launch()
+        build = h.build
+        assert build is not None
+        h.scheduler.notify(["Cargo.lock"])
+        h.scheduler.notify(["src/c.rs"])
+        with anyio.fail_after(TIMEOUT):
+            await build.cancelled.wait()
+        h.hold = False
+        assert await h.next_launch() == ["src/c.rs"]
+        tg.cancel_scope.cancel()
+
+
+async def test_waits_while_git_holds_index_lock(tmp_path: Path) -> None:
+    (tmp_path / ".git").mkdir()
+    lock = tmp_path / ".git" / "index.lock"
+    lock.write_text("")
+    h = Harness(tmp_path)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.scheduler.run, False)
+        h.scheduler.notify(["src/a.rs"])
+        with anyio.fail_after(TIMEOUT):
+            while h.scheduler.state != "waiting":
+                await anyio.sleep(0.005)
+        assert h.triggers == []
+        lock.unlink()
+        assert await h.next_launch() == ["src/a.rs"]
+        tg.cancel_scope.cancel()
+
+
+async def test_initial_build_then_idle(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.scheduler.run)
+        assert await h.next_launch() == []
+        with anyio.fail_after(TIMEOUT):
+            while h.scheduler.state != "idle":
+                await anyio.sleep(0.005)
+        tg.cancel_scope.cancel()
