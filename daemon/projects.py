@@ -105,13 +105,15 @@ class Project:
             self.workspace = workspace
             self.watcher.replan(workspace)
 
-    async def _run_build(self, trigger: list[str], settle_s: float | None) -> None:
+    async def _run_build(self, trigger: list[str], first_seen: float | None) -> None:
         await self._maybe_reload_workspace()
         argv = self.config.argv()
         build = Build(argv, self.root, self.env, self.config.timeout_s, self._emit)
         started_at = now_iso()
-        build_id: int | None
+        build_id: int | None = None
         try:
+            # Recorded before cargo runs, so that a daemon dying mid-build
+            # leaves a row the next one marks `interrupted`.
             build_id = await self.store.call(
                 self.store.sync.begin_build,
                 project=self.key,
@@ -119,11 +121,9 @@ class Project:
                 trigger=trigger,
                 command=argv,
                 config="default",
-                settle_s=settle_s,
             )
         except StoreError as exc:
             log.error("store_failed", error=str(exc), root=self.key)
-            build_id = None
         self.current = {
             "build_id": build_id,
             "started_at": started_at,
@@ -132,18 +132,10 @@ class Project:
         }
         self._build = build
         self.scheduler.current = build
-        self._emit(
-            {
-                "event": protocol.BUILD_STARTED,
-                "trigger": trigger,
-                "command": argv,
-                "settle_s": settle_s,
-                "started_at": started_at,
-            }
-        )
+        result: BuildResult
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._record_process_group, build, build_id)
+                tg.start_soon(self._announce, build, build_id, trigger, first_seen)
                 result = await build.run()
                 tg.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
@@ -155,12 +147,27 @@ class Project:
                 result = build.result
                 result.outcome = "cancelled"
                 result.wall_s = time.monotonic() - build.spawned_at
-                await self._finish(build_id, started_at, trigger, argv, settle_s, result)
+                await self._finish(build_id, started_at, trigger, argv, result)
             raise
-        await self._finish(build_id, started_at, trigger, argv, settle_s, result)
+        await self._finish(build_id, started_at, trigger, argv, result)
 
-    async def _record_process_group(self, build: Build, build_id: int | None) -> None:
+    async def _announce(
+        self, build: Build, build_id: int | None, trigger: list[str], first_seen: float | None
+    ) -> None:
+        """Once cargo runs: record its process group, say the build started."""
         await build.spawned.wait()
+        if first_seen is not None:
+            build.result.settle_s = build.spawned_at - first_seen
+        self._emit(
+            {
+                "event": protocol.BUILD_STARTED,
+                "trigger": trigger,
+                "command": build.argv,
+                "started_at": self.current["started_at"] if self.current else None,
+                "settle_s": build.result.settle_s,
+                "spawned_at": build.spawned_wall_ns / 1e9,
+            }
+        )
         if build_id is not None and build.pgid is not None:
             try:
                 await self.store.call(
@@ -175,7 +182,6 @@ class Project:
         started_at: str,
         trigger: list[str],
         argv: list[str],
-        settle_s: float | None,
         result: BuildResult,
     ) -> None:
         if build_id is not None:
@@ -192,7 +198,7 @@ class Project:
             config="default",
             outcome=result.outcome,
             wall_s=result.wall_s,
-            settle_s=settle_s,
+            settle_s=result.settle_s,
             errors=result.errors,
             warnings=result.warnings,
             units_rebuilt=result.units_rebuilt,
@@ -235,7 +241,7 @@ class Project:
                 current["progress"] = self._build.progress()
         return {
             "root": self.key,
-            "state": self.scheduler.state,
+            "state": "gone" if self.watcher.gone else self.scheduler.state,
             "config": self.config.to_json(),
             "command": self.config.argv(),
             "current": current,

@@ -45,6 +45,8 @@ class UnitRecord:
 class BuildResult:
     outcome: str
     wall_s: float
+    # From the first change rbd saw to cargo's spawn; None for a first build.
+    settle_s: float | None = None
     errors: int = 0
     warnings: int = 0
     units_rebuilt: int = 0

@@ -30,6 +30,8 @@ class RunningBuild(Protocol):
     def cancel(self) -> None: ...
 
 
+# Called with the changed paths and when the first of them was seen (monotonic;
+# None for the first build of a project).
 Launch = Callable[[list[str], float | None], Awaitable[None]]
 
 
@@ -84,9 +86,9 @@ class Scheduler:
             if not self._pending:
                 continue
             trigger = list(self._pending)
-            settle_s = time.monotonic() - min(self._pending.values())
+            first_seen = min(self._pending.values())
             self._pending.clear()
-            await self._build(trigger, settle_s)
+            await self._build(trigger, first_seen)
 
     async def _quiet_for(self, seconds: float) -> None:
         """Return once no change has arrived for `seconds`."""
@@ -114,12 +116,12 @@ class Scheduler:
     def _git_busy(self) -> bool:
         return self._git_dir is not None and (self._git_dir / "index.lock").exists()
 
-    async def _build(self, trigger: list[str], settle_s: float | None) -> None:
+    async def _build(self, trigger: list[str], first_seen: float | None) -> None:
         self.state = "building"
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._cancel_when_outdated)
             try:
-                await self._launch(trigger, settle_s)
+                await self._launch(trigger, first_seen)
             finally:
                 tg.cancel_scope.cancel()
         self.previous, self.current = self.current, None

@@ -143,24 +143,12 @@ class Store:
         trigger: list[str],
         command: list[str],
         config: str,
-        settle_s: float | None,
-        pgid: int | None = None,
-        pg_start: int | None = None,
     ) -> int:
         with self._transaction() as db:
             cursor = db.execute(
-                "INSERT INTO builds (project, started_at, trigger, command, config, settle_s,"
-                " pgid, pg_start) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    project,
-                    started_at,
-                    json.dumps(trigger),
-                    json.dumps(command),
-                    config,
-                    settle_s,
-                    pgid,
-                    pg_start,
-                ),
+                "INSERT INTO builds (project, started_at, trigger, command, config)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (project, started_at, json.dumps(trigger), json.dumps(command), config),
             )
             assert cursor.lastrowid is not None
             return cursor.lastrowid
@@ -175,7 +163,7 @@ class Store:
         phases = [result.phases.get(key) for key in PHASE_KEYS]
         with self._transaction() as db:
             db.execute(
-                "UPDATE builds SET outcome = ?, wall_s = ?, errors = ?, warnings = ?,"
+                "UPDATE builds SET outcome = ?, wall_s = ?, settle_s = ?, errors = ?, warnings = ?,"
                 " units_rebuilt = ?, units_fresh = ?, linker = ?, first_error = ?,"
                 " diagnostics = ?, pgid = NULL, pg_start = NULL, "
                 + ", ".join(f"{key} = ?" for key in PHASE_KEYS)
@@ -183,6 +171,7 @@ class Store:
                 (
                     result.outcome,
                     result.wall_s,
+                    result.settle_s,
                     result.errors,
                     result.warnings,
                     result.units_rebuilt,

@@ -24,6 +24,8 @@ from daemon.workspace import Workspace
 # watchfiles hands over a batch once no new event came for this long; its
 # default (50 ms) alone would spend the whole save-to-build budget.
 WATCH_STEP_MS = 5
+# How often a vanished project directory is looked for again.
+GONE_POLL_S = 1.0
 # A burst that never pauses still gets handed over this often; the
 # scheduler's settle timer is what waits for it to end.
 WATCH_DEBOUNCE_MS = 400
@@ -47,6 +49,7 @@ class Watcher:
         self._replan = anyio.Event()
         self._force_polling = False
         self._closed = False
+        self.gone = False
         self._stop = anyio.Event()
         self.ready = anyio.Event()
 
@@ -69,6 +72,9 @@ class Watcher:
     async def run(self) -> None:
         while not self._closed:
             self._replan = anyio.Event()
+            if not self.workspace.root.is_dir():
+                await self._wait_for_root()
+                continue
             plan = await anyio.to_thread.run_sync(WatchPlan.build, self.workspace)
             previous, self.plan = self.plan, plan
             if previous is not None:
@@ -90,9 +96,25 @@ class Watcher:
                 tg.start_soon(self._watch, plan, plan.flat, False, stop)
                 tg.start_soon(self._watch, plan, plan.recursive, True, stop)
                 self.ready.set()
-                await self._replan.wait()
+                # inotify says nothing when the watched root itself is renamed
+                # away: a stat now and then notices.
+                while not self._replan.is_set() and self.workspace.root.is_dir():
+                    with anyio.move_on_after(GONE_POLL_S):
+                        await self._replan.wait()
                 stop.set()
                 tg.cancel_scope.cancel()
+
+    async def _wait_for_root(self) -> None:
+        # Deleted or renamed while watched: say so, keep no watches, and pick
+        # up again if it comes back (a branch switch, a restore).
+        self.gone = True
+        self._on_problem(f"{self.workspace.root} no longer exists; rbd resumes if it comes back")
+        log.warning("project_gone", root=str(self.workspace.root))
+        while not self._closed and not self.workspace.root.is_dir():
+            with anyio.move_on_after(GONE_POLL_S):
+                await self._replan.wait()
+        self.gone = False
+        self._on_problem(None)
 
     async def _watch(
         self, plan: WatchPlan, paths: list[Path], recursive: bool, stop: anyio.Event

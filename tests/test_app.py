@@ -225,3 +225,15 @@ def test_service_files_run_the_foreground_daemon() -> None:
         plist = plistlib.load(f)
     assert plist["ProgramArguments"] == ["@RBD@", "daemon", "--foreground"]
     assert plist["KeepAlive"] == {"SuccessfulExit": False}
+
+
+def test_a_socket_directory_others_can_enter_is_refused(rbd: Rbd, crate: Path) -> None:
+    runtime = Path(rbd.socket).parent
+    runtime.mkdir(parents=True)
+    runtime.chmod(0o755)
+    done = rbd.run("start", cwd=crate)
+    assert done.returncode == 3
+    assert "accessible to other users" in done.stderr and "chmod 700" in done.stderr
+    assert not os.path.exists(rbd.socket)
+    runtime.chmod(0o700)
+    rbd.ok("start", cwd=crate)

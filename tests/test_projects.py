@@ -348,3 +348,21 @@ def test_invalid_utf8_output_is_kept(rbd: Rbd, tmp_path: Path) -> None:
     shown = json.loads(rbd.ok("show", str(failed["id"]), "--json"))
     assert "failed to run custom build command" in shown["first_error"]
     assert rbd.run("status").returncode == 0
+
+
+def test_deleted_project_is_marked_gone_and_picked_up_again(rbd: Rbd, crate: Path, tmp_path: Path) -> None:
+    events = started(rbd, crate)
+    events.finished()
+    moved = tmp_path / "moved-away"
+    crate.rename(moved)
+    wait_for_state(rbd, crate, "gone")
+    status = json.loads(rbd.ok("status", "--json"))
+    assert "no longer exists" in status["projects"][0]["problem"]
+    moved.rename(crate)
+    wait_for_state(rbd, crate, "idle")
+    edit(crate / "src" / "main.rs", main_rs("back"))
+    build = events.wait_for(
+        lambda e: e.get("event") == protocol.BUILD_FINISHED and e["build"]["outcome"] == "success"
+        and "src/main.rs" in e["build"]["trigger"]
+    )
+    assert build["build"]["project"] == str(crate)

@@ -20,11 +20,11 @@ def record(store: Store, project: str = "/p", outcome: str = "success", wall: fl
         trigger=["src/main.rs"],
         command=["cargo", "build"],
         config="default",
-        settle_s=0.02,
     )
     result = BuildResult(
         outcome=outcome,
         wall_s=wall,
+        settle_s=0.02,
         errors=1 if outcome == "failure" else 0,
         units_rebuilt=1,
         units_fresh=3,
@@ -54,6 +54,7 @@ def test_builds_round_trip_newest_first(tmp_path: Path) -> None:
     assert history[0]["outcome"] == "failure" and history[0]["errors"] == 1
     assert history[0]["linker"] == "unknown"
     assert history[0]["phases"]["link_s"] is None
+    assert history[0]["settle_s"] == 0.02
     assert [b["id"] for b in store.history(None, 20)] == [other, second, first]
     assert len(store.history(None, 2)) == 2
     detail = store.build(first)
@@ -72,7 +73,6 @@ def test_running_builds_are_hidden_until_finished_and_can_be_interrupted(tmp_pat
         trigger=[],
         command=["cargo"],
         config="default",
-        settle_s=None,
     )
     store.set_process_group(build_id, 4242, 99)
     assert store.history("/p", 20) == []
@@ -109,7 +109,6 @@ def test_failed_write_rolls_back_whole_build(tmp_path: Path) -> None:
         trigger=[],
         command=["cargo"],
         config="default",
-        settle_s=None,
     )
     result = BuildResult(outcome="success", wall_s=1.0)
     # Two units with the same key: the second insert fails inside the transaction.
