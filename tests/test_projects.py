@@ -350,7 +350,9 @@ def test_invalid_utf8_output_is_kept(rbd: Rbd, tmp_path: Path) -> None:
     assert rbd.run("status").returncode == 0
 
 
-def test_deleted_project_is_marked_gone_and_picked_up_again(rbd: Rbd, crate: Path, tmp_path: Path) -> None:
+def test_deleted_project_is_marked_gone_and_picked_up_again(
+    rbd: Rbd, crate: Path, tmp_path: Path
+) -> None:
     events = started(rbd, crate)
     events.finished()
     moved = tmp_path / "moved-away"
@@ -362,7 +364,10 @@ def test_deleted_project_is_marked_gone_and_picked_up_again(rbd: Rbd, crate: Pat
     wait_for_state(rbd, crate, "idle")
     edit(crate / "src" / "main.rs", main_rs("back"))
     build = events.wait_for(
-        lambda e: e.get("event") == protocol.BUILD_FINISHED and e["build"]["outcome"] == "success"
-        and "src/main.rs" in e["build"]["trigger"]
+        lambda e: (
+            e.get("event") == protocol.BUILD_FINISHED
+            and e["build"]["outcome"] == "success"
+            and "src/main.rs" in e["build"]["trigger"]
+        )
     )
     assert build["build"]["project"] == str(crate)
