@@ -10,12 +10,16 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
-from typing import Any
 
 from client import protocol
 from client.connection import Connection
 from client.errors import RbdError, UsageError
+
+# `import typing` costs ~2 ms of the client's start; mypy honours this name all the same.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 
 class _Parser(argparse.ArgumentParser):

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import itertools
 import socket
-from collections.abc import Iterator
-from typing import Any
 
 from client import paths, protocol
 from client.errors import DaemonUnreachable, ProtocolError, ProtocolMismatch, RequestFailed
+
+# `import typing` costs ~2 ms of the client's start; mypy honours this name all the same.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
 
 CONNECT_TIMEOUT_S = 2.0
 # A reply to an ordinary request: history of 100,000 builds stays well within.

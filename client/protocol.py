@@ -16,9 +16,13 @@ connection closed. Result keys never collide with `id`, `ok`, `error`, `event`.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from client.errors import ProtocolError
+
+# `import typing` costs ~2 ms of the client's start; mypy honours this name all the same.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 PROTOCOL_VERSION = 1
 
@@ -75,7 +79,8 @@ PHASE_KEYS = (
     "other_s",
 )
 
-Message = dict[str, Any]
+if TYPE_CHECKING:
+    Message = dict[str, Any]
 
 
 def encode(message: Message) -> bytes:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+# `import typing` costs ~2 ms of the client's start; mypy honours this name all the same.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 MARKS = {"success": "✓", "failure": "✗", "cancelled": "⊘", "interrupted": "⚠", "timeout": "⏱"}
 
