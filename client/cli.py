@@ -134,6 +134,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
+    import time
+
     from client import render
 
     with Connection.open() as conn:
@@ -142,18 +144,29 @@ def cmd_tail(args: argparse.Namespace) -> int:
             scope = reply.get("project") or "all watched projects"
             print(f"rbd: following {scope} (Ctrl-C to stop)", file=sys.stderr)
         live = sys.stdout.isatty() and not args.json
+        # The live line's clock keeps running between cargo's progress updates.
+        progress: dict[str, Any] | None = None
+        received = 0.0
         try:
-            for event in conn.events():
+            for event in conn.events(tick_s=0.25 if live else None):
+                if event is None:
+                    if progress is not None:
+                        ticking = dict(progress)
+                        ticking["elapsed_s"] += time.monotonic() - received
+                        line = render.progress_line(ticking.get("project", ""), ticking)
+                        print("\r\033[K" + line, end="", flush=True)
+                    continue
                 if args.json:
                     print(json.dumps(event, ensure_ascii=False), flush=True)
                     continue
                 name = event.get("event")
-                if name == protocol.BUILD_PROGRESS and live:
-                    line = render.progress_line(event.get("project", ""), event)
+                if name in (protocol.BUILD_STARTED, protocol.BUILD_PROGRESS) and live:
+                    progress = {"done": 0, "total": None, "elapsed_s": 0.0, **event}
+                    received = time.monotonic()
+                    line = render.progress_line(event.get("project", ""), progress)
                     print("\r\033[K" + line, end="", flush=True)
-                elif name == protocol.BUILD_STARTED and live:
-                    print("\r\033[K⟳ " + event.get("project", ""), end="", flush=True)
                 elif name == protocol.BUILD_FINISHED:
+                    progress = None
                     print(
                         ("\r\033[K" if live else "") + render.build_line(event["build"]), flush=True
                     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+import time
 
 from client import paths, protocol
 from client.errors import DaemonUnreachable, ProtocolError, ProtocolMismatch, RequestFailed
@@ -23,7 +24,9 @@ class Connection:
     def __init__(self, sock: socket.socket, path: str) -> None:
         self.sock = sock
         self.path = path
-        self._reader = sock.makefile("rb")
+        # Our own buffer, not sock.makefile(): a file object is unusable after
+        # one read timed out, and `rbd tail` times out on purpose.
+        self._buffer = bytearray()
         self._ids = itertools.count(1)
         self.daemon: dict[str, Any] = {}
 
@@ -57,7 +60,6 @@ class Connection:
         return connection
 
     def close(self) -> None:
-        self._reader.close()
         self.sock.close()
 
     def __enter__(self) -> Connection:
@@ -75,17 +77,32 @@ class Connection:
         return request_id
 
     def receive(self, timeout: float | None = REPLY_TIMEOUT_S) -> dict[str, Any]:
-        self.sock.settimeout(timeout)
-        try:
-            line = self._reader.readline(protocol.MAX_REPLY_BYTES)
-        except TimeoutError:
-            raise DaemonUnreachable(f"the daemon did not answer within {timeout:g} s") from None
-        except OSError as exc:
-            raise DaemonUnreachable(f"lost the connection to the daemon ({exc})") from None
-        if not line:
-            raise DaemonUnreachable("the daemon closed the connection")
-        if not line.endswith(b"\n"):
-            raise ProtocolError("the daemon sent an oversized or truncated message")
+        message = self.poll(timeout)
+        if message is None:
+            raise DaemonUnreachable(f"the daemon did not answer within {timeout:g} s")
+        return message
+
+    def poll(self, timeout: float | None) -> dict[str, Any] | None:
+        """The next message, or None if none came within timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (end := self._buffer.find(b"\n")) < 0:
+            if len(self._buffer) > protocol.MAX_REPLY_BYTES:
+                raise ProtocolError("the daemon sent an oversized message")
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except TimeoutError:
+                return None
+            except OSError as exc:
+                raise DaemonUnreachable(f"lost the connection to the daemon ({exc})") from None
+            if not chunk:
+                raise DaemonUnreachable("the daemon closed the connection")
+            self._buffer += chunk
+        line = bytes(self._buffer[: end + 1])
+        del self._buffer[: end + 1]
         return protocol.decode(line)
 
     def request(self, op: str, **args: Any) -> dict[str, Any]:
@@ -102,9 +119,10 @@ class Connection:
             error = reply.get("error") or {}
             raise RequestFailed(str(error.get("code", "unknown")), str(error.get("message", reply)))
 
-    def events(self) -> Iterator[dict[str, Any]]:
-        """Events of a subscription, as they come, until the daemon goes away."""
+    def events(self, tick_s: float | None = None) -> Iterator[dict[str, Any] | None]:
+        """Events of a subscription as they come, until the daemon goes away; with
+        tick_s, None whenever that long passes without one."""
         while True:
-            message = self.receive(timeout=None)
-            if "event" in message:
+            message = self.poll(tick_s)
+            if message is None or "event" in message:
                 yield message

@@ -21,6 +21,10 @@ def seconds(value: float | None) -> str:
     return f"{value / 60:.1f} min"
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def duration(value: float) -> str:
     value = int(value)
     days, rest = divmod(value, 86400)
@@ -42,13 +46,12 @@ def build_line(build: dict[str, Any], with_project: bool = True) -> str:
     if with_project:
         parts.append(build["project"].rstrip("/").rsplit("/", 1)[-1])
     if outcome == "failure":
-        parts.append(
-            f"failed: {build.get('errors') or 0} errors, {build.get('warnings') or 0} warnings"
-        )
+        errors = plural(build.get("errors") or 0, "error")
+        parts.append(f"failed: {errors}, {plural(build.get('warnings') or 0, 'warning')}")
     elif outcome != "success":
         parts.append(outcome)
     elif build.get("warnings"):
-        parts.append(f"{build['warnings']} warnings")
+        parts.append(plural(build["warnings"], "warning"))
     rebuilt, fresh = build.get("units_rebuilt"), build.get("units_fresh")
     if rebuilt is not None:
         parts.append(f"({rebuilt} rebuilt, {fresh} fresh)")

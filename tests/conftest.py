@@ -85,7 +85,8 @@ class Events:
     def _pump(self) -> None:
         try:
             for event in self.connection.events():
-                self.queue.put(event)
+                if event is not None:
+                    self.queue.put(event)
         except Exception:
             self.queue.put({"event": "_closed"})
 
@@ -217,11 +218,14 @@ class Rbd:
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until pid has exited (a zombie waiting for its parent to reap it counts)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    return True
+        except OSError:
             return True
         time.sleep(0.02)
     return False

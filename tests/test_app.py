@@ -237,3 +237,47 @@ def test_a_socket_directory_others_can_enter_is_refused(rbd: Rbd, crate: Path) -
     assert not os.path.exists(rbd.socket)
     runtime.chmod(0o700)
     rbd.ok("start", cwd=crate)
+
+
+def test_racing_starts_from_two_shells_make_one_daemon(rbd: Rbd, tmp_path: Path) -> None:
+    one = make_crate(tmp_path / "one", "one")
+    two = make_crate(tmp_path / "two", "two")
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "client", "start", str(crate)],
+            env=rbd.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for crate in (one, two, one)
+    ]
+    for racer in racers:
+        _, stderr = racer.communicate(timeout=WAIT_S)
+        assert racer.returncode == 0, stderr
+    status = json.loads(rbd.ok("status", "--json"))
+    assert sorted(p["root"] for p in status["projects"]) == [str(one), str(two)]
+    daemons = [
+        pid
+        for pid in os.listdir("/proc")
+        if pid.isdigit()
+        and _cmdline(int(pid)).endswith(b"-m\0daemon\0")
+        and _environ_has(int(pid), rbd.env["XDG_RUNTIME_DIR"])
+    ]
+    assert daemons == [str(status["daemon"]["pid"])]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _environ_has(pid: int, text: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return text.encode() in f.read()
+    except OSError:
+        return False

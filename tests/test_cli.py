@@ -101,7 +101,7 @@ def test_tail_prints_a_summary_per_build_and_the_first_error(rbd: Rbd, crate: Pa
         assert "demo" in next_matching(human_lines, "✓")
         (crate / "src" / "main.rs").write_text('fn main() { let x: u32 = "no"; }\n')
         failed = next_matching(human_lines, "✗")
-        assert "1 errors" in failed and "src/main.rs" in failed
+        assert "1 error," in failed and "src/main.rs" in failed
         assert "mismatched types" in next_matching(human_lines, "error[E0308]")
 
         events: list[dict[str, Any]] = []
