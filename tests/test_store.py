@@ -37,6 +37,12 @@ def record(store: Store, project: str = "/p", outcome: str = "success", wall: fl
     return build_id
 
 
+def begin(store: Store) -> int:
+    return store.begin_build(
+        project="/p", started_at=now_iso(), trigger=[], command=["cargo"], config="default"
+    )
+
+
 def test_new_store_is_wal_with_the_current_schema(tmp_path: Path) -> None:
     store = Store(tmp_path / "s" / "rbd.sqlite3")
     assert store.schema_version() == store_module.SCHEMA_VERSION
@@ -67,13 +73,7 @@ def test_builds_round_trip_newest_first(tmp_path: Path) -> None:
 
 def test_running_builds_are_hidden_until_finished_and_can_be_interrupted(tmp_path: Path) -> None:
     store = Store(tmp_path / "rbd.sqlite3")
-    build_id = store.begin_build(
-        project="/p",
-        started_at=now_iso(),
-        trigger=[],
-        command=["cargo"],
-        config="default",
-    )
+    build_id = begin(store)
     store.set_process_group(build_id, 4242, 99)
     assert store.history("/p", 20) == []
     assert store.running_builds() == [(build_id, 4242, 99)]
@@ -103,13 +103,7 @@ def test_migration_from_an_empty_older_store_and_refusal_of_a_newer_one(tmp_path
 
 def test_failed_write_rolls_back_whole_build(tmp_path: Path) -> None:
     store = Store(tmp_path / "rbd.sqlite3")
-    build_id = store.begin_build(
-        project="/p",
-        started_at=now_iso(),
-        trigger=[],
-        command=["cargo"],
-        config="default",
-    )
+    build_id = begin(store)
     result = BuildResult(outcome="success", wall_s=1.0)
     # Two units with the same key: the second insert fails inside the transaction.
     store._db.execute(
