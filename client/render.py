@@ -52,9 +52,14 @@ def build_line(build: dict[str, Any], with_project: bool = True) -> str:
         parts.append(outcome)
     elif build.get("warnings"):
         parts.append(plural(build["warnings"], "warning"))
+    split = phase_split(build.get("phases") or {})
+    if split and outcome == "success":
+        parts.append(split)
     rebuilt, fresh = build.get("units_rebuilt"), build.get("units_fresh")
     if rebuilt is not None:
         parts.append(f"({rebuilt} rebuilt, {fresh} fresh)")
+    if build.get("linker"):
+        parts.append(f"linker: {build['linker']}")
     trigger = build.get("trigger") or []
     if trigger:
         more = f" +{len(trigger) - 2}" if len(trigger) > 2 else ""
@@ -62,6 +67,39 @@ def build_line(build: dict[str, Any], with_project: bool = True) -> str:
     elif build.get("id") is not None:
         parts.append("← start")
     return "  ".join(parts)
+
+
+def phase_split(phases: dict[str, Any]) -> str:
+    """`frontend 0.22 · codegen 0.41 · …`: measured phases only, in seconds."""
+    if phases.get("compile_s") is None:
+        return ""
+    shown = []
+    if phases.get("frontend_s") is not None and phases.get("codegen_s") is not None:
+        shown += [("frontend", phases["frontend_s"]), ("codegen", phases["codegen_s"])]
+    else:
+        shown.append(("compile", phases["compile_s"]))
+    for key, label in (
+        ("link_s", "link"),
+        ("build_script_s", "build scripts"),
+        ("lock_wait_s", "lock wait"),
+        ("overhead_s", "cargo"),
+        ("other_s", "other"),
+    ):
+        if phases.get(key):
+            shown.append((label, phases[key]))
+    return " · ".join(f"{label} {value:.2f}" for label, value in shown)
+
+
+PHASE_NOTES = {
+    "overhead_s": "cargo's spawn to its first unit (fingerprinting, scheduling)",
+    "lock_wait_s": "waiting for another cargo's lock on the build directory",
+    "compile_s": "compile time of the units on the critical path",
+    "frontend_s": "  of it frontend (parsing, type checking, borrow checking)",
+    "codegen_s": "  of it codegen (LLVM)",
+    "link_s": "linking (inside binaries' compile time; not measured apart yet)",
+    "build_script_s": "build scripts run on the critical path",
+    "other_s": "the rest of the wall time: gaps, cargo's bookkeeping, rounding",
+}
 
 
 def status(data: dict[str, Any]) -> str:
@@ -104,20 +142,61 @@ def status(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def trend(builds: list[dict[str, Any]]) -> list[str]:
+    """Median incremental rebuild (successful builds a change triggered) and its sparkline,
+    oldest to newest, over the builds listed."""
+    walls = [
+        b["wall_s"]
+        for b in reversed(builds)
+        if b.get("outcome") == "success" and b.get("trigger") and b.get("wall_s") is not None
+    ]
+    if len(walls) < 2:
+        return []
+    ordered = sorted(walls)
+    median = (
+        ordered[len(ordered) // 2]
+        if len(ordered) % 2
+        else sum(ordered[len(ordered) // 2 - 1 : len(ordered) // 2 + 1]) / 2
+    )
+    low, high = ordered[0], ordered[-1]
+    spark = "".join(
+        SPARKS[0 if high == low else round((w - low) / (high - low) * (len(SPARKS) - 1))]
+        for w in walls
+    )
+    half = len(walls) // 2
+    older, newer = walls[:half], walls[half:]
+    moved = sorted(newer)[len(newer) // 2] - sorted(older)[len(older) // 2]
+    direction = "faster" if moved < 0 else "slower"
+    return [
+        f"incremental rebuilds: median {seconds(median)} over {len(walls)}  {spark}  "
+        f"(newer half {seconds(abs(moved))} {direction} than older half)",
+        "",
+    ]
+
+
 def history(builds: list[dict[str, Any]]) -> str:
     if not builds:
         return "no builds recorded yet"
     header = (
-        f"{'id':>6}  {'started':19}  {'outcome':11} {'wall':>9}  {'err':>3} {'warn':>4}  trigger"
+        f"{'id':>6}  {'started':19}  {'outcome':13} {'wall':>9} {'compile':>7} {'front':>6}"
+        f" {'codegen':>7} {'link':>6} {'other':>6}  {'err':>3} {'warn':>4}  trigger"
     )
-    lines = [header]
+    lines = [*trend(builds), header]
     for b in builds:
+        p = b.get("phases") or {}
         trigger = b.get("trigger") or []
         shown = ", ".join(trigger[:2]) + (f" +{len(trigger) - 2}" if len(trigger) > 2 else "")
         lines.append(
             f"{b['id']:>6}  {b['started_at'][:19].replace('T', ' '):19}  "
             f"{MARKS.get(b['outcome'], '?')} {b['outcome']:11} "
-            f"{seconds(b.get('wall_s')):>9}  {b.get('errors') or 0:>3} {b.get('warnings') or 0:>4}"
+            f"{seconds(b.get('wall_s')):>9} {_short(p.get('compile_s')):>7} "
+            f"{_short(p.get('frontend_s'))} "
+            f"{_short(p.get('codegen_s')):>7}"
+            f" {_short(p.get('link_s'))} {_short(p.get('other_s'))}"
+            f"  {b.get('errors') or 0:>3} {b.get('warnings') or 0:>4}"
             f"  {shown or '(start)'}"
         )
     return "\n".join(lines)
@@ -136,25 +215,31 @@ def show(build: dict[str, Any]) -> str:
         f"  errors    {build.get('errors')}, warnings {build.get('warnings')}",
     ]
     phases = build.get("phases") or {}
-    lines.append(
-        "  phases    "
-        + "  ".join(f"{k.removesuffix('_s')} {seconds(v)}" for k, v in phases.items())
-        + "  (— = not measured)"
-    )
+    lines += ["", "  phase          seconds   (critical-path rule: parts add up to the wall time)"]
+    for key, note in PHASE_NOTES.items():
+        value = phases.get(key)
+        shown = "unknown" if value is None else f"{value:.3f}"
+        lines.append(f"  {key.removesuffix('_s'):13} {shown:>8}   {note}")
     units = build.get("units") or []
     if units:
         lines.append("")
-        lines.append(f"  {'unit':30} {'kind':12} {'starts at':>10} {'took':>9}")
+        lines.append(
+            f"    {'unit':28} {'kind':16} {'start':>7} {'total':>7} {'front':>7} {'codegen':>7}"
+            "  why rebuilt"
+        )
         for unit in units:
             name = (
                 unit["name"]
-                if unit["target"] == unit["name"]
+                if unit["target"] in (unit["name"], unit["name"].replace("-", "_"))
                 else f"{unit['name']}::{unit['target']}"
             )
+            mark = "*" if unit.get("critical_path") else " "
             lines.append(
-                f"  {name[:30]:30} {unit['kind'][:12]:12} {seconds(unit.get('start_s')):>10} "
-                f"{seconds(unit.get('total_s')):>9}"
+                f"  {mark} {name[:28]:28} {unit['kind'][:16]:16} {_num(unit.get('start_s'))} "
+                f"{_num(unit.get('total_s'))} {_num(unit.get('frontend_s'))} "
+                f"{_num(unit.get('codegen_s'))}  {unit.get('dirty_reason') or ''}"
             )
+        lines.append("  * on the critical path; – not measured (cargo gives binaries no split)")
     if build.get("diagnostics"):
         lines.append("")
         lines.append(build["diagnostics"].rstrip())
@@ -162,6 +247,14 @@ def show(build: dict[str, Any]) -> str:
         lines.append("")
         lines.append(build["first_error"])
     return "\n".join(lines)
+
+
+def _short(value: float | None) -> str:
+    return f"{'–':>6}" if value is None else f"{value:6.2f}"
+
+
+def _num(value: float | None) -> str:
+    return f"{'–':>7}" if value is None else f"{value:7.2f}"
 
 
 def progress_line(project: str, event: dict[str, Any]) -> str:

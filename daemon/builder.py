@@ -22,13 +22,18 @@ import structlog
 from anyio.abc import ByteReceiveStream, Process
 
 from client import protocol
-from daemon import procs
+from daemon import linker, procs, timings
 from daemon.records import BuildResult, UnitRecord
 
 log = structlog.get_logger("builder")
 
 PROGRESS = re.compile(r"^\s*Building \[[^\]]*\]\s+(\d+)/(\d+):?\s*(.*?)\s*$")
 COMPILING = re.compile(r"^\s*Compiling (\S+) v")
+# With -v: why cargo rebuilds a package, and each process it runs.
+DIRTY = re.compile(r"^\s*Dirty (\S+) v\S+(?: \([^)]*\))?: (.*)$")
+RUNNING = re.compile(r"^\s*Running `")
+LOCK_WAIT = re.compile(r"^\s*Blocking waiting for file lock")
+REPORT = re.compile(r"^\s*Timing report saved to (.+?)\s*$")
 # File timestamps may be coarser than the clock (some filesystems keep 1 ms or worse).
 MTIME_SLACK_NS = 5_000_000
 LINKED_SUFFIXES = (".rmeta", ".rlib", ".d", ".a", ".lib")
@@ -57,7 +62,14 @@ class Build:
     """One cargo run. `run()` returns its result; `cancel()` ends it early."""
 
     def __init__(
-        self, argv: list[str], cwd: Path, env: dict[str, str], timeout_s: float, emit: EventSink
+        self,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        timeout_s: float,
+        emit: EventSink,
+        cargo_version: tuple[int, int] | None = None,
+        on_spawn: Callable[[Build], None] | None = None,
     ) -> None:
         self.argv = argv
         self.cwd = cwd
@@ -83,6 +95,15 @@ class Build:
         # (start, end) mtimes, in ns, of each build script run of this build.
         self._script_runs: list[tuple[int, int]] = []
         self._stderr: list[str] = []
+        self.cargo_version = cargo_version
+        # Called as soon as cargo runs, before any of its output is read.
+        self._on_spawn = on_spawn
+        self._dirty: dict[str, str] = {}
+        self._first_unit: float | None = None
+        self._lock_since: float | None = None
+        self._lock_wait = 0.0
+        self._report: Path | None = None
+        self._executables: list[Path] = []
         self.result = BuildResult(outcome="success", wall_s=0.0)
 
     def progress(self) -> dict[str, Any]:
@@ -139,6 +160,8 @@ class Build:
         self._process = process
         self.pgid = process.pid
         self.pg_start = procs.start_ticks(process.pid)
+        if self._on_spawn is not None:
+            self._on_spawn(self)
         self.spawned.set()
         timed_out = False
         assert process.stdout is not None and process.stderr is not None
@@ -173,7 +196,21 @@ class Build:
                 )
         if result.outcome == "failure" and not result.diagnostics:
             result.diagnostics = "\n".join(self._stderr)
+        if result.outcome in ("success", "failure"):
+            await anyio.to_thread.run_sync(self._analyze)
         return result
+
+    def _analyze(self) -> None:
+        """After cargo exited: the timings report, and which linker linked."""
+        first_unit = None if self._first_unit is None else self._first_unit - self.spawned_at
+        timings.apply_report(
+            self.result, self._report, self.cargo_version, self._dirty, first_unit, self._lock_wait
+        )
+        for executable in reversed(self._executables):
+            found = linker.identify(executable)
+            if found != "unknown":
+                self.result.linker_seen = found
+                break
 
     async def _read_lines(
         self, stream: ByteReceiveStream, separators: bytes, handle: Callable[[str], None]
@@ -196,8 +233,24 @@ class Build:
             self.active = [name.strip() for name in match[3].split(",") if name.strip()]
             self.emit({"event": protocol.BUILD_PROGRESS, **self.progress()})
             return
-        if match := COMPILING.match(line):
+        if self._lock_since is not None:
+            # Whatever cargo says next, it has the lock.
+            self._lock_wait += now - self._lock_since
+            self._lock_since = None
+        if LOCK_WAIT.match(line):
+            self._lock_since = now
+        elif match := COMPILING.match(line):
             self._started.setdefault(match[1], now)
+            if self._first_unit is None:
+                self._first_unit = now
+        elif RUNNING.match(line):
+            if self._first_unit is None:
+                self._first_unit = now
+            return  # full command lines: long, and not what a user wants in diagnostics
+        elif match := DIRTY.match(line):
+            self._dirty[match[1]] = match[2]
+        elif match := REPORT.match(line):
+            self._report = self.cwd / match[1]
         self._stderr.append(line.rstrip())
         del self._stderr[:-MAX_STDERR_KEEP]
 
@@ -241,6 +294,8 @@ class Build:
         filenames = [str(f) for f in message.get("filenames") or []]
         if any(not f.endswith(LINKED_SUFFIXES) for f in filenames):
             result.linked = True
+        if message.get("executable"):
+            self._executables.append(Path(str(message["executable"])))
         # A unit starts when cargo says "Compiling" for its package or, for a
         # package's later units (bin after lib), when the previous one ended.
         start = self._started.get(package)

@@ -22,7 +22,11 @@ SUBCOMMANDS = frozenset({"build", "check", "test", "bench", "clippy", "doc"})
 # These run the tests or benches unless told not to: rbd only builds them.
 NEEDS_NO_RUN = frozenset({"test", "bench"})
 # rbd reads cargo's JSON messages; a user's own format would break that.
-FORBIDDEN_ARGS = ("--message-format",)
+FORBIDDEN_ARGS = ("--message-format", "--timings")
+# What rbd adds to every cargo command to measure it: JSON messages, cargo's
+# timings report, and -v for its dirty reasons. None of them is part of
+# cargo's fingerprints: a plain `cargo build` afterwards rebuilds nothing.
+INSTRUMENTATION = ("--message-format=json", "--timings", "-v")
 
 ENV_KEYS = {
     "RBD_COMMAND": "command",
@@ -47,7 +51,7 @@ class ProjectConfig:
         args = list(self.args)
         if words[0] in NEEDS_NO_RUN and "--no-run" not in words + args:
             words.append("--no-run")
-        return ["cargo", *words, *args, "--message-format=json"]
+        return ["cargo", *words, *args, *INSTRUMENTATION]
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

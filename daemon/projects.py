@@ -14,7 +14,7 @@ from daemon import config as configuration
 from daemon import procs
 from daemon import workspace as workspaces
 from daemon.builder import Build
-from daemon.errors import NotWatched, StoreError
+from daemon.errors import DaemonError, NotWatched, StoreError
 from daemon.events import EventHub
 from daemon.records import BuildResult, summary
 from daemon.scheduler import Scheduler
@@ -74,11 +74,26 @@ class Project:
         with anyio.CancelScope() as scope:
             self._scope = scope
             try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self.watcher.run)
-                    await self.watcher.ready.wait()
-                    task_status.started()
-                    tg.start_soon(self.scheduler.run)
+                backoff = 1.0
+                initial_build = True
+                announced = False
+                while True:
+                    try:
+                        async with anyio.create_task_group() as tg:
+                            tg.start_soon(self.watcher.run)
+                            await self.watcher.ready.wait()
+                            if not announced:
+                                announced = True
+                                task_status.started()
+                            tg.start_soon(self.scheduler.run, initial_build)
+                    except Exception as exc:
+                        # A bug or an unforeseen state in one project must not
+                        # take the daemon, or the other projects, down with it.
+                        log.exception("project_failed", root=self.key)
+                        self.problem = f"rbd hit an internal error ({exc!r}); see the log"
+                    initial_build = False
+                    await anyio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
             finally:
                 self.stopped.set()
 
@@ -100,15 +115,29 @@ class Project:
         if not self._reload_soon:
             return
         self._reload_soon = False
-        workspace = await workspaces.load(self.root, self.env)
+        try:
+            workspace = await workspaces.load(self.root, self.env)
+        except DaemonError as exc:
+            log.warning("workspace_reload_failed", root=self.key, error=str(exc))
+            return
         if workspace.package_dirs != self.workspace.package_dirs:
             self.workspace = workspace
             self.watcher.replan(workspace)
 
     async def _run_build(self, trigger: list[str], first_seen: float | None) -> None:
+        if not self.root.is_dir():
+            return  # vanished: the watcher reports it, and there is nothing to build
         await self._maybe_reload_workspace()
         argv = self.config.argv()
-        build = Build(argv, self.root, self.env, self.config.timeout_s, self._emit)
+        build = Build(
+            argv,
+            self.root,
+            self.env,
+            self.config.timeout_s,
+            self._emit,
+            cargo_version=self.workspace.cargo_version,
+            on_spawn=lambda spawned: self._announce(spawned, trigger, first_seen),
+        )
         started_at = now_iso()
         build_id: int | None = None
         try:
@@ -135,7 +164,7 @@ class Project:
         result: BuildResult
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._announce, build, build_id, trigger, first_seen)
+                tg.start_soon(self._record_process_group, build, build_id)
                 result = await build.run()
                 tg.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
@@ -151,11 +180,7 @@ class Project:
             raise
         await self._finish(build_id, started_at, trigger, argv, result)
 
-    async def _announce(
-        self, build: Build, build_id: int | None, trigger: list[str], first_seen: float | None
-    ) -> None:
-        """Once cargo runs: record its process group, say the build started."""
-        await build.spawned.wait()
+    def _announce(self, build: Build, trigger: list[str], first_seen: float | None) -> None:
         if first_seen is not None:
             build.result.settle_s = build.spawned_at - first_seen
         self._emit(
@@ -168,6 +193,9 @@ class Project:
                 "spawned_at": build.spawned_wall_ns / 1e9,
             }
         )
+
+    async def _record_process_group(self, build: Build, build_id: int | None) -> None:
+        await build.spawned.wait()
         if build_id is not None and build.pgid is not None:
             try:
                 await self.store.call(
@@ -219,6 +247,7 @@ class Project:
             {
                 "event": protocol.BUILD_FINISHED,
                 "build": build,
+                "units": [unit.to_json() for unit in result.units],
                 "first_error": result.first_error,
             }
         )

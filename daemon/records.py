@@ -21,6 +21,15 @@ class UnitRecord:
     start_s: float | None
     total_s: float | None
     fresh: bool = False
+    # From cargo's --timings report: compile time of a compiled unit (with
+    # its frontend/codegen split for libraries), run time of a build script.
+    compile_s: float | None = None
+    frontend_s: float | None = None
+    codegen_s: float | None = None
+    build_script_s: float | None = None
+    # Why cargo rebuilt the unit's package ("the file `src/lib.rs` has changed").
+    dirty_reason: str | None = None
+    critical_path: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -29,15 +38,15 @@ class UnitRecord:
             "kind": self.kind,
             "fresh": self.fresh,
             "start_s": self.start_s,
-            # The phase split per unit comes with the per-phase timings work;
-            # until it is measured it stays null.
-            "compile_s": None,
-            "frontend_s": None,
-            "codegen_s": None,
+            "compile_s": self.compile_s,
+            "frontend_s": self.frontend_s,
+            "codegen_s": self.codegen_s,
+            # A binary's link is inside its compile_s; not measured apart yet.
             "link_s": None,
-            "build_script_s": None,
+            "build_script_s": self.build_script_s,
             "total_s": self.total_s,
-            "dirty_reason": None,
+            "dirty_reason": self.dirty_reason,
+            "critical_path": self.critical_path,
         }
 
 
@@ -52,6 +61,8 @@ class BuildResult:
     units_rebuilt: int = 0
     units_fresh: int = 0
     linked: bool = False
+    # Which linker the evidence in a linked binary names (see daemon.linker).
+    linker_seen: str | None = None
     first_error: str | None = None
     diagnostics: str = ""
     units: list[UnitRecord] = field(default_factory=list)
@@ -59,10 +70,11 @@ class BuildResult:
 
     @property
     def linker(self) -> str | None:
-        # Which linker ran is only known from evidence the timings work will
-        # collect; until then a build that linked says "unknown", one that
-        # linked nothing says null.
-        return "unknown" if self.linked else None
+        # Null when nothing was linked; "unknown" when something was but no
+        # binary could be read for evidence.
+        if not self.linked:
+            return None
+        return self.linker_seen or "unknown"
 
 
 def summary(

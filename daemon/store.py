@@ -67,9 +67,33 @@ MIGRATIONS: list[str] = [
         added_at TEXT NOT NULL
     );
     """,
+    # 2: the per-unit split from cargo's timings report, and dirty reasons.
+    """
+    ALTER TABLE units ADD COLUMN compile_s REAL;
+    ALTER TABLE units ADD COLUMN frontend_s REAL;
+    ALTER TABLE units ADD COLUMN codegen_s REAL;
+    ALTER TABLE units ADD COLUMN build_script_s REAL;
+    ALTER TABLE units ADD COLUMN dirty_reason TEXT;
+    ALTER TABLE units ADD COLUMN critical_path INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# UnitRecord's fields as the units table keeps them.
+UNIT_COLUMNS = (
+    "name",
+    "target",
+    "kind",
+    "start_s",
+    "total_s",
+    "compile_s",
+    "frontend_s",
+    "codegen_s",
+    "build_script_s",
+    "dirty_reason",
+    "critical_path",
+)
 
 # Rendered diagnostics are kept for `rbd show`; a build spewing megabytes of
 # warnings keeps its head, which is where the first error is.
@@ -184,10 +208,10 @@ class Store:
                 ),
             )
             db.executemany(
-                "INSERT INTO units (build_id, seq, name, target, kind, start_s, total_s)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO units (build_id, seq, {', '.join(UNIT_COLUMNS)})"
+                f" VALUES (?, ?, {', '.join('?' for _ in UNIT_COLUMNS)})",
                 [
-                    (build_id, seq, u.name, u.target, u.kind, u.start_s, u.total_s)
+                    (build_id, seq, *(getattr(u, column) for column in UNIT_COLUMNS))
                     for seq, u in enumerate(result.units)
                 ],
             )
@@ -232,12 +256,12 @@ class Store:
         detail["first_error"] = row["first_error"]
         detail["diagnostics"] = row["diagnostics"] or ""
         units = self._db.execute(
-            "SELECT name, target, kind, start_s, total_s FROM units WHERE build_id = ?"
+            f"SELECT {', '.join(UNIT_COLUMNS)} FROM units WHERE build_id = ?"
             " ORDER BY total_s IS NULL, total_s DESC, seq",
             (build_id,),
         ).fetchall()
         detail["units"] = [
-            UnitRecord(u["name"], u["target"], u["kind"], u["start_s"], u["total_s"]).to_json()
+            UnitRecord(**{**dict(u), "critical_path": bool(u["critical_path"])}).to_json()
             for u in units
         ]
         return detail

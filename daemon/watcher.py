@@ -24,6 +24,8 @@ from daemon.workspace import Workspace
 # watchfiles hands over a batch once no new event came for this long; its
 # default (50 ms) alone would spend the whole save-to-build budget.
 WATCH_STEP_MS = 5
+# When the watches of a new plan are surely in place.
+RECHECK_AFTER_S = 0.2
 # How often a vanished project directory is looked for again.
 GONE_POLL_S = 1.0
 # A burst that never pauses still gets handed over this often; the
@@ -95,6 +97,7 @@ class Watcher:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch, plan, plan.flat, False, stop)
                 tg.start_soon(self._watch, plan, plan.recursive, True, stop)
+                tg.start_soon(self._recheck, plan)
                 self.ready.set()
                 # inotify says nothing when the watched root itself is renamed
                 # away: a stat now and then notices.
@@ -103,6 +106,20 @@ class Watcher:
                         await self._replan.wait()
                 stop.set()
                 tg.cancel_scope.cancel()
+
+    async def _recheck(self, plan: WatchPlan) -> None:
+        # watchfiles gives no sign of when its watches are in place: a file
+        # written between the planning walk and then would go unseen. One
+        # more walk once they surely are catches it.
+        await anyio.sleep(RECHECK_AFTER_S)
+        fresh = await anyio.to_thread.run_sync(WatchPlan.build, self.workspace)
+        differing = [
+            path
+            for path in {*fresh.digests, *plan.digests}
+            if fresh.digests.get(path) != plan.digests.get(path)
+        ]
+        if differing:
+            await self._handle(plan, [(Change.modified, str(path)) for path in differing])
 
     async def _wait_for_root(self) -> None:
         # Deleted or renamed while watched: say so, keep no watches, and pick

@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 
 from daemon.errors import CargoMissing, ProjectError
+from daemon.timings import cargo_version
 
 METADATA_TIMEOUT_S = 60.0
 
@@ -28,6 +29,8 @@ class Workspace:
     # Why `cargo metadata` failed, if it did; the layout is then a guess
     # (root package, ./target) until the manifest is fixed.
     metadata_error: str | None = None
+    # (major, minor) of the cargo that builds it: its timings format depends on it.
+    cargo_version: tuple[int, int] | None = None
 
 
 def find_manifest(start: Path) -> Path:
@@ -111,6 +114,7 @@ async def load(start: Path, env: dict[str, str]) -> Workspace:
     manifest = find_manifest(start)
     cargo = require_cargo(env)
     argv = [cargo, "metadata", "--format-version", "1", "--no-deps", "--offline"]
+    version = await _cargo_version(cargo, manifest.parent, env)
     try:
         with anyio.fail_after(METADATA_TIMEOUT_S):
             done = await anyio.run_process(
@@ -121,9 +125,27 @@ async def load(start: Path, env: dict[str, str]) -> Workspace:
     else:
         if done.returncode == 0:
             root, target, dirs = _layout(json.loads(done.stdout))
-            return Workspace(root, target, _with_transitive_path_deps(dirs))
+            return Workspace(root, target, _with_transitive_path_deps(dirs), cargo_version=version)
         error = _first_error(done.stderr.decode(errors="replace"))
     root = manifest.parent.resolve()
     target_env = env.get("CARGO_TARGET_DIR")
     target = (root / target_env).resolve() if target_env else root / "target"
-    return Workspace(root, target, _with_transitive_path_deps([root]), metadata_error=error)
+    return Workspace(
+        root,
+        target,
+        _with_transitive_path_deps([root]),
+        metadata_error=error,
+        cargo_version=version,
+    )
+
+
+async def _cargo_version(cargo: str, cwd: Path, env: dict[str, str]) -> tuple[int, int] | None:
+    # In the project's directory: a rust-toolchain file there picks the toolchain.
+    try:
+        with anyio.fail_after(METADATA_TIMEOUT_S):
+            done = await anyio.run_process(
+                [cargo, "--version"], cwd=cwd, env=env, check=False, stdin=subprocess.DEVNULL
+            )
+    except (TimeoutError, OSError):
+        return None
+    return cargo_version(done.stdout.decode(errors="replace"))

@@ -186,7 +186,8 @@ class Rbd:
             env=self.env,
             start_new_session=True,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            # Kept for a test that fails: what the daemon said before dying.
+            stderr=(self.base / "daemon.err").open("ab"),
         )
         # Reap it when it exits, as init would for a daemon `rbd start` spawned.
         threading.Thread(target=process.wait, daemon=True).start()
@@ -201,6 +202,9 @@ class Rbd:
         raise AssertionError("the daemon did not come up")
 
     def close(self) -> None:
+        errors = self.base / "daemon.err"
+        if errors.exists() and errors.stat().st_size:
+            print("daemon stderr:\n" + errors.read_text(errors="replace")[-5000:])
         for events in self._events:
             events.close()
         if os.path.exists(self.socket):

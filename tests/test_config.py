@@ -14,7 +14,7 @@ def test_defaults_build_with_json_messages(tmp_path: Path) -> None:
     (tmp_path / "Cargo.toml").write_text('[package]\nname = "a"\nversion = "0.1.0"\n')
     config = load(tmp_path, {}, {})
     assert config == ProjectConfig()
-    assert config.argv() == ["cargo", "build", "--message-format=json"]
+    assert config.argv() == ["cargo", "build", "--message-format=json", "--timings", "-v"]
 
 
 def test_precedence_manifest_then_rbd_toml_then_env_then_options(tmp_path: Path) -> None:

@@ -133,3 +133,27 @@ def test_projects_are_remembered(tmp_path: Path) -> None:
     assert store.watched_projects() == [("/p", {"PATH": "/usr/bin"}, {})]
     store.remove_project("/p")
     assert store.watched_projects() == []
+
+
+def test_migration_from_schema_1_keeps_history(tmp_path: Path) -> None:
+    path = tmp_path / "rbd.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(store_module.MIGRATIONS[0])
+    db.execute(
+        "INSERT INTO builds (project, started_at, trigger, command, config, outcome, wall_s)"
+        " VALUES ('/p', '2026-01-01T00:00:00+00:00', '[]', '[\"cargo\"]', 'default', 'success', 2)"
+    )
+    db.execute(
+        "INSERT INTO units (build_id, seq, name, target, kind, start_s, total_s)"
+        " VALUES (1, 0, 'demo', 'demo', 'bin', 0.1, 1.5)"
+    )
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    store = Store(path)
+    assert store.schema_version() == store_module.SCHEMA_VERSION
+    detail = store.build(1)
+    assert detail is not None and detail["wall_s"] == 2
+    assert detail["units"][0]["total_s"] == 1.5
+    assert detail["units"][0]["compile_s"] is None
+    assert detail["units"][0]["critical_path"] is False

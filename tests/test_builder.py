@@ -1,0 +1,141 @@
+"""What a build records about itself, end to end through the daemon with real cargo:
+per-unit timings, phases, dirty reasons, lock waits, and that measuring changes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SLOW_MAIN, Rbd, make_crate, wait_gone
+from tests.test_projects import started
+
+SLEEPY_BUILD_RS = (
+    "fn main() {\n"
+    '    println!("cargo:rerun-if-changed=build.rs");\n'
+    "    std::thread::sleep(std::time::Duration::from_millis(300));\n"
+    "}\n"
+)
+
+
+def workspace(root: Path) -> Path:
+    make_crate(
+        root, "ws", {"Cargo.toml": '[workspace]\nmembers = ["lib", "app"]\nresolver = "2"\n'}
+    )
+    (root / "src").rename(root / "unused")
+    make_crate(
+        root / "lib",
+        "wslib",
+        {"src/lib.rs": "pub fn v() -> u32 { 1 }\n", "build.rs": SLEEPY_BUILD_RS},
+    )
+    (root / "lib" / "src" / "main.rs").unlink()
+    make_crate(
+        root / "app",
+        "app",
+        {
+            "Cargo.toml": '[package]\nname = "app"\nversion = "0.1.0"\nedition = "2021"\n\n'
+            '[dependencies]\nwslib = { path = "../lib" }\n',
+            "src/main.rs": 'fn main() { println!("{}", wslib::v()); }\n',
+        },
+    )
+    return root
+
+
+def show(rbd: Rbd, build_id: int) -> dict[str, object]:
+    detail: dict[str, object] = json.loads(rbd.ok("show", str(build_id), "--json"))
+    return detail
+
+
+def test_build_script_lib_and_bin_each_get_their_time(rbd: Rbd, tmp_path: Path) -> None:
+    root = workspace(tmp_path / "ws")
+    events = started(rbd, root)
+    event = events.wait_for(lambda e: e.get("event") == "build_finished")
+    first = event["build"]
+    assert first["outcome"] == "success"
+    # The live event carries the same per-unit numbers `rbd show` prints.
+    assert event["units"] == show(rbd, first["id"])["units"]
+    phases = first["phases"]
+    assert phases["build_script_s"] >= 0.3
+    units = show(rbd, first["id"])["units"]
+    assert isinstance(units, list)
+    run = next(u for u in units if u["kind"] == "build-script-run")
+    assert run["name"] == "wslib" and run["build_script_s"] >= 0.3 and run["compile_s"] is None
+    assert run["critical_path"] is True
+    assert all(u["build_script_s"] is None for u in units if u["kind"] != "build-script-run")
+    # The sleeping script is not compile time, and both fit in the wall time.
+    assert phases["compile_s"] < 0.3
+    assert first["wall_s"] >= phases["compile_s"] + phases["build_script_s"]
+
+    (root / "lib" / "src" / "lib.rs").write_text("pub fn v() -> u32 { 2 }\n")
+    second = events.finished()
+    assert second["units_rebuilt"] == 2
+    assert second["phases"]["build_script_s"] == 0  # fresh this time
+    detail = show(rbd, second["id"])
+    units = detail["units"]
+    assert isinstance(units, list)
+    assert {(u["name"], u["kind"]) for u in units} == {("wslib", "lib"), ("app", "bin")}
+    lib = next(u for u in units if u["kind"] == "lib")
+    assert lib["frontend_s"] is not None and lib["codegen_s"] is not None
+    assert "lib/src/lib.rs" in lib["dirty_reason"] and "changed" in lib["dirty_reason"]
+    app = next(u for u in units if u["kind"] == "bin")
+    assert app["frontend_s"] is None and app["compile_s"] > 0
+    assert "wslib" in app["dirty_reason"]
+    assert second["linker"] == "rust-lld" or second["linker"] in ("lld", "mold", "gold", "bfd")
+    total = sum(
+        v or 0.0 for k, v in second["phases"].items() if k not in ("frontend_s", "codegen_s")
+    )
+    assert total == pytest.approx(second["wall_s"], abs=0.02)
+    assert not [
+        p for p in (root / "target" / "cargo-timings").iterdir() if p.name != "cargo-timing.html"
+    ]
+
+
+def test_measuring_changes_nothing_cargo_builds(rbd: Rbd, tmp_path: Path) -> None:
+    root = workspace(tmp_path / "ws")
+    events = started(rbd, root)
+    events.finished()
+    (root / "lib" / "src" / "lib.rs").write_text("pub fn v() -> u32 { 3 }\n")
+    events.finished()
+    plain = subprocess.run(
+        ["cargo", "build", "-v"], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert "Dirty" not in plain.stderr and "Compiling" not in plain.stderr, plain.stderr
+    assert plain.stderr.count("Fresh") >= 2
+
+
+def test_a_held_cargo_lock_shows_as_lock_wait(rbd: Rbd, tmp_path: Path) -> None:
+    crate = make_crate(tmp_path / "fast", "fast")
+    events = started(rbd, crate)
+    events.finished()
+    # Another cargo (rust-analyzer, a terminal) building into the same target dir.
+    other = make_crate(tmp_path / "other", "other", {"src/main.rs": SLOW_MAIN})
+    holder = subprocess.Popen(
+        ["cargo", "build"],
+        cwd=other,
+        env={**os.environ, "CARGO_TARGET_DIR": str(crate / "target")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert holder.stderr is not None
+        for line in holder.stderr:
+            if "Compiling other" in line:
+                break
+        (crate / "src" / "main.rs").write_text('fn main() { println!("waited"); }\n')
+        events.started()
+        time.sleep(0.5)  # the injected cost: the lock stays held this long
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    build = events.finished()
+    assert build["outcome"] == "success"
+    assert build["phases"]["lock_wait_s"] >= 0.4
+    assert build["phases"]["overhead_s"] < build["phases"]["lock_wait_s"]
+    assert wait_gone(holder.pid, 5)
