@@ -97,8 +97,7 @@ def main() -> int:
     p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
     ratio = statistics.median(status) / statistics.median(bare)
     lines = [
-        f"### {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — {platform.node()}, {os.cpu_count()} cores, "
-        f"{platform.python_implementation()} {platform.python_version()}, {toolchain()}",
+        heading(),
         "",
         "| measure | value | goal | met |",
         "|---|---|---|---|",
@@ -115,12 +114,23 @@ def main() -> int:
     ]
     print("\n".join(lines))
     if args.write:
-        results = ROOT / "benchmarks" / "RESULTS.md"
-        if not results.exists():
-            results.write_text("# Benchmark results\n\nNewest last, by the script named.\n\n")
-        with results.open("a") as f:
-            f.write("## benchmarks/daemon_loop.py\n\n" + "\n".join(lines) + "\n")
+        append_results("benchmarks/daemon_loop.py", lines)
     return 0
+
+
+def heading() -> str:
+    return (
+        f"### {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — {platform.node()}, {os.cpu_count()} cores, "
+        f"{platform.python_implementation()} {platform.python_version()}, {toolchain()}"
+    )
+
+
+def append_results(script: str, lines: list[str]) -> None:
+    results = ROOT / "benchmarks" / "RESULTS.md"
+    if not results.exists():
+        results.write_text("# Benchmark results\n\nNewest last, by the script named.\n\n")
+    with results.open("a") as f:
+        f.write(f"## {script}\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -50,15 +50,14 @@ def group_members(pgid: int) -> list[tuple[int, int | None]]:
 
 
 def group_alive(pgid: int) -> bool:
-    if os.path.isdir("/proc/self"):
-        return bool(group_members(pgid))
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    # The signal also reaches zombies, which hold nothing: /proc tells them apart.
+    return bool(group_members(pgid)) if os.path.isdir("/proc/self") else True
 
 
 def kill_group(pgid: int) -> None:

@@ -1,0 +1,116 @@
+"""Benchmark: rbd's instrumented rebuild against a plain `cargo build` of the same edit.
+
+Run from the repository root after `.ci/setup`:
+
+    .venv/bin/python benchmarks/overhead.py [--edits 15] [--write]
+
+Two copies of the bundled example project get the same one-line edits, A B A
+B ...: copy A is rebuilt by rbd's builder (the exact command, environment and
+output parsing the daemon uses, timings report analysis and linker check
+included), copy B by plain `cargo build`. Each side is timed from before
+cargo's spawn to the end of what that side does with the result. Medians and
+their ratio are printed; `--write` appends them to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.daemon_loop import append_results, heading  # noqa: E402
+from daemon.builder import Build  # noqa: E402
+from daemon.config import ProjectConfig  # noqa: E402
+from daemon.timings import cargo_version  # noqa: E402
+
+HANDLERS = Path("src") / "handlers.rs"
+
+
+def edit(copy: Path, i: int) -> None:
+    path = copy / HANDLERS
+    text = path.read_text()
+    start = text.index('let greeting = "') + len('let greeting = "')
+    end = text.index('"', start)
+    path.write_text(text[:start] + f"Hello {i}" + text[end:])
+
+
+async def rbd_build(copy: Path, version: tuple[int, int] | None) -> float:
+    build = Build(ProjectConfig().argv(), copy, dict(os.environ), 600, lambda _: None, version)
+    begin = time.perf_counter()
+    result = await build.run()
+    assert result.outcome == "success", result.first_error
+    return time.perf_counter() - begin
+
+
+def plain_build(copy: Path) -> float:
+    begin = time.perf_counter()
+    subprocess.run(["cargo", "build"], cwd=copy, check=True, capture_output=True)
+    return time.perf_counter() - begin
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edits", type=int, default=15)
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    version = cargo_version(
+        subprocess.run(["cargo", "--version"], capture_output=True, text=True, check=True).stdout
+    )
+    base = Path(tempfile.mkdtemp(prefix="rbd-overhead-"))
+    try:
+        copies = {}
+        for side in ("rbd", "plain"):
+            copies[side] = base / side
+            shutil.copytree(ROOT / "benchmarks" / "example", copies[side])
+            subprocess.run(["cargo", "build", "-q"], cwd=copies[side], check=True)
+        timed: dict[str, list[float]] = {"rbd": [], "plain": []}
+
+        async def rounds() -> None:
+            # One event loop for all rounds, as in the daemon.
+            for i in range(args.edits + 2):  # the first two rounds warm up, uncounted
+                for side in ("rbd", "plain"):
+                    edit(copies[side], i)
+                    if side == "rbd":
+                        took = await rbd_build(copies[side], version)
+                    else:
+                        took = await anyio.to_thread.run_sync(plain_build, copies[side])
+                    if i >= 2:
+                        timed[side].append(took)
+
+        anyio.run(rounds)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    rbd, plain = statistics.median(timed["rbd"]), statistics.median(timed["plain"])
+    ratio = rbd / plain
+    lines = [
+        heading(),
+        "",
+        "| measure | value | goal | met |",
+        "|---|---|---|---|",
+        f"| rbd-instrumented rebuild, median of {len(timed['rbd'])} "
+        f"| {rbd * 1000:.1f} ms | — | — |",
+        f"| plain `cargo build`, same edits, interleaved | {plain * 1000:.1f} ms | — | — |",
+        f"| ratio rbd / plain (example project, one-line edit) | {ratio:.3f} | ≤ 1.03 "
+        f"| {'yes' if ratio <= 1.03 else 'MISSED'} |",
+        "",
+    ]
+    print("\n".join(lines))
+    if args.write:
+        append_results("benchmarks/overhead.py", lines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
