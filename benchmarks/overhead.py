@@ -30,7 +30,7 @@ import anyio.to_thread
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.daemon_loop import append_results, heading  # noqa: E402
+from benchmarks.daemon_loop import report  # noqa: E402
 from daemon.builder import Build  # noqa: E402
 from daemon.config import ProjectConfig  # noqa: E402
 from daemon.timings import cargo_version  # noqa: E402
@@ -94,21 +94,25 @@ def main() -> int:
         shutil.rmtree(base, ignore_errors=True)
     rbd, plain = statistics.median(timed["rbd"]), statistics.median(timed["plain"])
     ratio = rbd / plain
-    lines = [
-        heading(),
-        "",
-        "| measure | value | goal | met |",
-        "|---|---|---|---|",
-        f"| rbd-instrumented rebuild, median of {len(timed['rbd'])} "
-        f"| {rbd * 1000:.1f} ms | — | — |",
-        f"| plain `cargo build`, same edits, interleaved | {plain * 1000:.1f} ms | — | — |",
-        f"| ratio rbd / plain (example project, one-line edit) | {ratio:.3f} | ≤ 1.03 "
-        f"| {'yes' if ratio <= 1.03 else 'MISSED'} |",
-        "",
-    ]
-    print("\n".join(lines))
-    if args.write:
-        append_results("benchmarks/overhead.py", lines)
+    report(
+        "benchmarks/overhead.py",
+        [
+            (
+                f"rbd-instrumented rebuild, median of {len(timed['rbd'])}",
+                f"{rbd * 1000:.1f} ms",
+                None,
+                None,
+            ),
+            ("plain `cargo build`, same edits, interleaved", f"{plain * 1000:.1f} ms", None, None),
+            (
+                "ratio rbd / plain (example project, one-line edit)",
+                f"{ratio:.3f}",
+                "≤ 1.03",
+                ratio <= 1.03,
+            ),
+        ],
+        args.write,
+    )
     return 0
 
 

@@ -1,10 +1,12 @@
 """Runs one cargo build in its own process group and reads what cargo says about it.
 
-cargo runs with `--message-format=json` (one JSON message per unit and
-diagnostic on stdout) and with its progress bar forced on stderr
-(`CARGO_TERM_PROGRESS_WHEN=always`), which is where `N/M` progress and unit
-start lines ("Compiling x") come from. Neither setting is part of cargo's
-fingerprints: a plain `cargo build` afterwards finds every unit fresh.
+cargo runs with rbd's instrumentation (see `config.INSTRUMENTATION`): JSON
+messages on stdout (artifacts, diagnostics, build-script runs), `-v` lines
+on stderr (dirty reasons, each process cargo starts), the `--timings` report
+it writes at the end (analysed by `timings`), and its progress bar forced on
+(`CARGO_TERM_PROGRESS_WHEN=always`) for `N/M` progress. None of this is part
+of cargo's fingerprints: a plain `cargo build` afterwards finds every unit
+fresh.
 """
 
 from __future__ import annotations
