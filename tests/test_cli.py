@@ -7,6 +7,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import platformdirs
 import pytest
 
-from client import paths
+from client import paths, protocol
 from tests.conftest import WAIT_S, Rbd
 
 HEAVY = ("structlog", "anyio", "watchfiles", "daemon", "sqlite3", "tomlkit")
@@ -97,6 +98,10 @@ def test_tail_prints_a_summary_per_build_and_the_first_error(rbd: Rbd, crate: Pa
     as_json = tail(rbd, "--json")
     try:
         human_lines, json_lines = read_lines(human), read_lines(as_json)
+        deadline = time.monotonic() + WAIT_S
+        while rbd.request(protocol.STATUS)["daemon"]["subscribers"] < 2:
+            assert time.monotonic() < deadline, "the tails never subscribed"
+            time.sleep(0.02)
         rbd.ok("start", cwd=crate)
         assert "demo" in next_matching(human_lines, "✓")
         (crate / "src" / "main.rs").write_text('fn main() { let x: u32 = "no"; }\n')
