@@ -41,12 +41,6 @@ def state_dir() -> str:
     return platformdirs.user_state_dir(APP)
 
 
-def config_dir() -> str:
-    import platformdirs
-
-    return platformdirs.user_config_dir(APP)
-
-
 def socket_path() -> str:
     return os.path.join(runtime_dir(), "rbd.sock")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 import structlog
-from anyio.abc import ByteReceiveStream, Process
+from anyio.abc import ByteReceiveStream
 
 from client import protocol
 from daemon import linker, procs, timings
@@ -91,7 +91,6 @@ class Build:
         self.total: int | None = None
         self.active: list[str] = []
         self._cancelled = False
-        self._process: Process | None = None
         self._started: dict[str, float] = {}
         self.spawned_wall_ns = 0
         # (start, end) mtimes, in ns, of each build script run of this build.
@@ -159,7 +158,6 @@ class Build:
             result.first_error = f"cannot run {self.argv[0]}: {exc}"
             result.wall_s = time.monotonic() - self.spawned_at
             return result
-        self._process = process
         self.pgid = process.pid
         self.pg_start = procs.start_ticks(process.pid)
         if self._on_spawn is not None:

@@ -46,6 +46,8 @@ class Project:
         self.store = store
         self.hub = hub
         self.problem: str | None = None
+        # A manifest changed: re-read the workspace before the next build.
+        self._reload_soon = False
         self.last_build: dict[str, Any] | None = None
         self.current: dict[str, Any] | None = None
         self._build: Build | None = None
@@ -65,8 +67,6 @@ class Project:
         if any(Path(p).name == "Cargo.toml" for p in paths):
             self._reload_soon = True
         self.scheduler.notify(paths)
-
-    _reload_soon = False
 
     async def run(
         self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -116,7 +116,9 @@ class Project:
             return
         self._reload_soon = False
         try:
-            workspace = await workspaces.load(self.root, self.env)
+            workspace = await workspaces.load(
+                self.root, self.env, cargo_version=self.workspace.cargo_version
+            )
         except DaemonError as exc:
             log.warning("workspace_reload_failed", root=self.key, error=str(exc))
             return

@@ -110,11 +110,15 @@ def _first_error(stderr: str) -> str:
     return lines[0] if lines else "cargo metadata failed"
 
 
-async def load(start: Path, env: dict[str, str]) -> Workspace:
+async def load(
+    start: Path, env: dict[str, str], cargo_version: tuple[int, int] | None = None
+) -> Workspace:
+    """The workspace containing start; cargo_version, when known, spares asking cargo again
+    (a manifest edit re-reads the workspace on the way to its build)."""
     manifest = find_manifest(start)
     cargo = require_cargo(env)
     argv = [cargo, "metadata", "--format-version", "1", "--no-deps", "--offline"]
-    version = await _cargo_version(cargo, manifest.parent, env)
+    version = cargo_version or await _cargo_version(cargo, manifest.parent, env)
     try:
         with anyio.fail_after(METADATA_TIMEOUT_S):
             done = await anyio.run_process(
