@@ -41,6 +41,13 @@ def state_dir() -> str:
     return platformdirs.user_state_dir(APP)
 
 
+def cache_dir() -> str:
+    """Where the daemon keeps what it can rebuild (its compiled rustc wrapper)."""
+    import platformdirs
+
+    return platformdirs.user_cache_dir(APP)
+
+
 def socket_path() -> str:
     return os.path.join(runtime_dir(), "rbd.sock")
 

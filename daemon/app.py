@@ -19,6 +19,7 @@ from daemon import procs, server
 from daemon.errors import DaemonError, NotWatched, StoreError
 from daemon.events import EventHub
 from daemon.projects import Registry
+from daemon.shim import Shims
 from daemon.store import AsyncStore, Store
 
 log = structlog.get_logger("daemon")
@@ -28,6 +29,7 @@ class Daemon:
     def __init__(self, store: Store) -> None:
         self.store = AsyncStore(store)
         self.hub = EventHub()
+        self.shims = Shims(Path(paths.cache_dir()))
         self.registry: Registry
         self.started = time.monotonic()
         self.socket_path = paths.socket_path()
@@ -114,7 +116,7 @@ class Daemon:
         listener = await anyio.create_unix_listener(self.socket_path)
         os.chmod(self.socket_path, 0o600)
         async with anyio.create_task_group() as tg:
-            self.registry = Registry(self.store, self.hub, tg)
+            self.registry = Registry(self.store, self.hub, tg, self.shims)
             tg.start_soon(self._signals)
             try:
                 await self._resume()

@@ -4,7 +4,8 @@ cargo runs with rbd's instrumentation (see `config.INSTRUMENTATION`): JSON
 messages on stdout (artifacts, diagnostics, build-script runs), `-v` lines
 on stderr (dirty reasons, each process cargo starts), the `--timings` report
 it writes at the end (analysed by `timings`), and its progress bar forced on
-(`CARGO_TERM_PROGRESS_WHEN=always`) for `N/M` progress. None of this is part
+(`CARGO_TERM_PROGRESS_WHEN=always`) for `N/M` progress, and the link times
+rbd's rustc wrapper and linker shim record (see `shim`). None of this is part
 of cargo's fingerprints: a plain `cargo build` afterwards finds every unit
 fresh.
 """
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +29,7 @@ from anyio.abc import ByteReceiveStream
 from client import protocol
 from daemon import linker, procs, timings
 from daemon.records import BuildResult, UnitRecord
+from daemon.shim import Shim, read_links
 
 log = structlog.get_logger("builder")
 
@@ -72,6 +76,8 @@ class Build:
         emit: EventSink,
         cargo_version: tuple[int, int] | None = None,
         on_spawn: Callable[[Build], None] | None = None,
+        shim: Shim | None = None,
+        user_wrapper: str | None = None,
     ) -> None:
         self.argv = argv
         self.cwd = cwd
@@ -105,7 +111,10 @@ class Build:
         self._lock_wait = 0.0
         self._report: Path | None = None
         self._executables: list[Path] = []
-        self.result = BuildResult(outcome="success", wall_s=0.0)
+        self.result = BuildResult(outcome="success", wall_s=0.0, rustc_wrapper=user_wrapper)
+        # rbd's rustc wrapper and linker shim (link times); None runs cargo as is.
+        self._shim = shim
+        self._timing_dir: Path | None = None
 
     def progress(self) -> dict[str, Any]:
         return {
@@ -142,6 +151,17 @@ class Build:
         )
 
     async def run(self) -> BuildResult:
+        env = self.env
+        if self._shim is not None:
+            self._timing_dir = Path(tempfile.mkdtemp(prefix="rbd-links-"))
+            env = self._shim.build_env(env, self.result.rustc_wrapper, self._timing_dir)
+        try:
+            return await self._run(env)
+        finally:
+            if self._timing_dir is not None:
+                shutil.rmtree(self._timing_dir, ignore_errors=True)
+
+    async def _run(self, env: dict[str, str]) -> BuildResult:
         result = self.result
         self.spawned_at = time.monotonic()
         self.spawned_wall_ns = time.time_ns()
@@ -149,7 +169,7 @@ class Build:
             process = await anyio.open_process(
                 self.argv,
                 cwd=self.cwd,
-                env=self.env,
+                env=env,
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
             )
@@ -203,8 +223,15 @@ class Build:
     def _analyze(self) -> None:
         """After cargo exited: the timings report, and which linker linked."""
         first_unit = None if self._first_unit is None else self._first_unit - self.spawned_at
+        links = None if self._timing_dir is None else read_links(self._timing_dir)
         timings.apply_report(
-            self.result, self._report, self.cargo_version, self._dirty, first_unit, self._lock_wait
+            self.result,
+            self._report,
+            self.cargo_version,
+            self._dirty,
+            first_unit,
+            self._lock_wait,
+            links,
         )
         for executable in reversed(self._executables):
             found = linker.identify(executable)

@@ -10,14 +10,15 @@ import anyio
 import structlog
 
 from client import protocol
+from daemon import cargoconfig, procs
 from daemon import config as configuration
-from daemon import procs
 from daemon import workspace as workspaces
 from daemon.builder import Build
 from daemon.errors import DaemonError, NotWatched, StoreError
 from daemon.events import EventHub
 from daemon.records import BuildResult, summary
 from daemon.scheduler import Scheduler
+from daemon.shim import Shims
 from daemon.store import AsyncStore, now_iso
 from daemon.watcher import Watcher
 
@@ -37,6 +38,7 @@ class Project:
         config: configuration.ProjectConfig,
         store: AsyncStore,
         hub: EventHub,
+        shims: Shims,
     ) -> None:
         self.workspace = workspace
         self.root = workspace.root
@@ -45,6 +47,7 @@ class Project:
         self.config = config
         self.store = store
         self.hub = hub
+        self.shims = shims
         self.problem: str | None = None
         # A manifest changed: re-read the workspace before the next build.
         self._reload_soon = False
@@ -131,6 +134,10 @@ class Project:
             return  # vanished: the watcher reports it, and there is nothing to build
         await self._maybe_reload_workspace()
         argv = self.config.argv()
+        shim = await self.shims.get(self.env)
+        user_wrapper = await anyio.to_thread.run_sync(
+            cargoconfig.rustc_wrapper, self.root, self.env
+        )
         build = Build(
             argv,
             self.root,
@@ -139,6 +146,8 @@ class Project:
             self._emit,
             cargo_version=self.workspace.cargo_version,
             on_spawn=lambda spawned: self._announce(spawned, trigger, first_seen),
+            shim=shim,
+            user_wrapper=user_wrapper,
         )
         started_at = now_iso()
         build_id: int | None = None
@@ -235,6 +244,7 @@ class Project:
             units_fresh=result.units_fresh,
             linker=result.linker,
             phases=result.phases,
+            rustc_wrapper=result.rustc_wrapper,
         )
         self.last_build = build
         log.info(
@@ -291,9 +301,12 @@ class Project:
 class Registry:
     """The watched projects, keyed by workspace root."""
 
-    def __init__(self, store: AsyncStore, hub: EventHub, tg: anyio.abc.TaskGroup) -> None:
+    def __init__(
+        self, store: AsyncStore, hub: EventHub, tg: anyio.abc.TaskGroup, shims: Shims
+    ) -> None:
         self.store = store
         self.hub = hub
+        self.shims = shims
         self._tg = tg
         self.projects: dict[str, Project] = {}
 
@@ -324,7 +337,7 @@ class Registry:
             existing.update(env, overrides, config)
             await self._persist(key, env, overrides, persist)
             return existing, True
-        project = Project(workspace, env, overrides, config, self.store, self.hub)
+        project = Project(workspace, env, overrides, config, self.store, self.hub, self.shims)
         try:
             project.last_build = await self.store.call(self.store.sync.last_build, key)
         except StoreError:

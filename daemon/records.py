@@ -27,6 +27,10 @@ class UnitRecord:
     frontend_s: float | None = None
     codegen_s: float | None = None
     build_script_s: float | None = None
+    # Time in the linker, as rbd's linker shim measured it; inside cargo's
+    # unit time, so compile_s is the unit's time without it. Null when the
+    # unit ran no linker or link time was not measured.
+    link_s: float | None = None
     # Why cargo rebuilt the unit's package ("the file `src/lib.rs` has changed").
     dirty_reason: str | None = None
     critical_path: bool = False
@@ -41,8 +45,7 @@ class UnitRecord:
             "compile_s": self.compile_s,
             "frontend_s": self.frontend_s,
             "codegen_s": self.codegen_s,
-            # A binary's link is inside its compile_s; not measured apart yet.
-            "link_s": None,
+            "link_s": self.link_s,
             "build_script_s": self.build_script_s,
             "total_s": self.total_s,
             "dirty_reason": self.dirty_reason,
@@ -63,6 +66,8 @@ class BuildResult:
     linked: bool = False
     # Which linker the evidence in a linked binary names (see daemon.linker).
     linker_seen: str | None = None
+    # The user's own RUSTC_WRAPPER (sccache...), which rbd's wrapper runs in turn.
+    rustc_wrapper: str | None = None
     first_error: str | None = None
     diagnostics: str = ""
     units: list[UnitRecord] = field(default_factory=list)
@@ -94,6 +99,7 @@ def summary(
     units_fresh: int | None,
     linker: str | None,
     phases: dict[str, float | None],
+    rustc_wrapper: str | None = None,
 ) -> dict[str, Any]:
     """A build summary in the shape `history --json` prints (one place builds it)."""
     return {
@@ -111,5 +117,6 @@ def summary(
         "units_rebuilt": units_rebuilt,
         "units_fresh": units_fresh,
         "linker": linker,
+        "rustc_wrapper": rustc_wrapper,
         "phases": {key: phases.get(key) for key in PHASE_KEYS},
     }

@@ -76,6 +76,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE units ADD COLUMN dirty_reason TEXT;
     ALTER TABLE units ADD COLUMN critical_path INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: link time measured by rbd's linker shim; the user's own rustc wrapper.
+    """
+    ALTER TABLE units ADD COLUMN link_s REAL;
+    ALTER TABLE builds ADD COLUMN rustc_wrapper TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -91,6 +96,7 @@ UNIT_COLUMNS = (
     "frontend_s",
     "codegen_s",
     "build_script_s",
+    "link_s",
     "dirty_reason",
     "critical_path",
 )
@@ -101,7 +107,7 @@ MAX_DIAGNOSTICS_CHARS = 256 * 1024
 
 _SUMMARY_COLUMNS = (
     "id, project, started_at, trigger, command, config, outcome, wall_s, settle_s, errors, "
-    "warnings, units_rebuilt, units_fresh, linker, " + ", ".join(PHASE_KEYS)
+    "warnings, units_rebuilt, units_fresh, linker, rustc_wrapper, " + ", ".join(PHASE_KEYS)
 )
 
 
@@ -188,8 +194,8 @@ class Store:
         with self._transaction() as db:
             db.execute(
                 "UPDATE builds SET outcome = ?, wall_s = ?, settle_s = ?, errors = ?, warnings = ?,"
-                " units_rebuilt = ?, units_fresh = ?, linker = ?, first_error = ?,"
-                " diagnostics = ?, pgid = NULL, pg_start = NULL, "
+                " units_rebuilt = ?, units_fresh = ?, linker = ?, rustc_wrapper = ?,"
+                " first_error = ?, diagnostics = ?, pgid = NULL, pg_start = NULL, "
                 + ", ".join(f"{key} = ?" for key in PHASE_KEYS)
                 + " WHERE id = ?",
                 (
@@ -201,6 +207,7 @@ class Store:
                     result.units_rebuilt,
                     result.units_fresh,
                     result.linker,
+                    result.rustc_wrapper,
                     result.first_error,
                     result.diagnostics[:MAX_DIAGNOSTICS_CHARS],
                     *phases,
@@ -307,6 +314,7 @@ def _summary(row: sqlite3.Row) -> dict[str, Any]:
         units_fresh=row["units_fresh"],
         linker=row["linker"],
         phases={key: row[key] for key in PHASE_KEYS},
+        rustc_wrapper=row["rustc_wrapper"],
     )
 
 

@@ -10,10 +10,12 @@ logged warning), never to a wrong split.
 
 Per build, the phases follow the critical path: starting from the unit that
 finished last, each step goes back to the dependency that unblocked it last.
-Along that path compile (frontend + codegen) and build-script time are added
-up; overhead (spawn to the first unit), lock wait and the remainder `other`
-(gaps on the path, cargo's own bookkeeping, rounding) complete the wall time,
-so the parts add up to it. Units off the path ran in parallel and cost no
+Along that path compile (frontend + codegen), link and build-script time are
+added up. cargo counts a unit's link inside its time; rbd's linker shim
+(daemon/shim.py) measures it, and it is taken out of compile time. Overhead
+(spawn to the first unit), lock wait and the remainder `other` (gaps on the
+path, cargo's own bookkeeping, rounding) complete the wall time, so the parts
+add up to it. Units off the path ran in parallel and cost no
 wall time of their own; `rbd show` marks which units are on the path.
 """
 
@@ -29,6 +31,7 @@ from typing import Any
 import structlog
 
 from daemon.records import BuildResult, UnitRecord
+from daemon.shim import LinkRecord
 
 log = structlog.get_logger("timings")
 
@@ -38,7 +41,11 @@ log = structlog.get_logger("timings")
 # version here only with a report of it in tests/data.
 CHECKED_VERSIONS = frozenset({(1, 95)})
 
-TARGET = re.compile(r'^\s*(?:(?P<name>\S+)\s+)?"(?P<kind>[\w-]+)"\s*$')
+# ' app "bin"', ' t "lib" (test)', ' it "test" (test)': name, kind, and a
+# mode when the unit is a test harness built from the target.
+TARGET = re.compile(
+    r'^\s*(?:(?P<name>\S+)\s+)?"(?P<kind>[\w-]+)"(?:\s+\((?P<mode>[\w ]+)\))?\s*$'
+)
 
 
 class TimingsFormatError(ValueError):
@@ -49,6 +56,7 @@ class TimingsFormatError(ValueError):
 class UnitTiming:
     index: int
     package: str
+    version: str
     target: str
     kind: str
     start: float
@@ -58,6 +66,8 @@ class UnitTiming:
     unblocks: tuple[int, ...] = ()
     unblocks_rmeta: tuple[int, ...] = ()
     on_critical_path: bool = False
+    # Seconds in the linker (inside duration), from rbd's linker shim.
+    link: float | None = None
 
     @property
     def ran(self) -> bool:
@@ -85,7 +95,8 @@ def _target(package: str, text: str) -> tuple[str, str]:
         return "build-script-build", "build-script-run"
     match = TARGET.match(text)
     if match:
-        return match["name"] or package.replace("-", "_"), match["kind"]
+        kind = {"test": "test", "doc test": "doctest"}.get(match["mode"] or "", match["kind"])
+        return match["name"] or package.replace("-", "_"), kind
     return text, "unknown"
 
 
@@ -121,6 +132,7 @@ def parse_report(html: str, cargo_version: tuple[int, int] | None) -> list[UnitT
             unit = UnitTiming(
                 index=int(raw["i"]),
                 package=package,
+                version=str(raw.get("version", "")),
                 target=target,
                 kind=kind,
                 start=float(raw["start"]),
@@ -170,17 +182,60 @@ def critical_path(units: list[UnitTiming]) -> list[UnitTiming]:
     return path
 
 
+def attach_links(units: list[UnitTiming], links: list[LinkRecord]) -> int:
+    """Add each linker run to the unit it linked; returns how many found no unit.
+
+    The shim names a link by package, version, crate name and what rustc
+    built (bin, test, proc-macro...). A package's lib and its test harness
+    share the crate name, so the kind decides between them.
+    """
+    unmatched = 0
+    for link in links:
+        candidates = [
+            u
+            for u in units
+            if u.ran
+            and not u.is_script_run
+            and u.package == link.package
+            and (not link.version or u.version in ("", link.version))
+            and u.target.replace("-", "_") == link.crate
+        ]
+        same_kind = [u for u in candidates if u.kind == _unit_kind(link.kind)]
+        chosen = (same_kind or candidates)[:1]
+        if not chosen:
+            unmatched += 1
+            continue
+        chosen[0].link = (chosen[0].link or 0.0) + link.seconds
+    return unmatched
+
+
+def _unit_kind(link_kind: str) -> str:
+    # cargo's report lists proc-macros and dylibs as libraries.
+    return "lib" if link_kind in ("proc-macro", "dylib", "cdylib") else link_kind
+
+
+def _compile_time(unit: UnitTiming) -> float:
+    return max(0.0, unit.duration - (unit.link or 0.0))
+
+
 def phases(
-    units: list[UnitTiming], wall_s: float, first_unit_s: float | None, lock_wait_s: float
+    units: list[UnitTiming],
+    wall_s: float,
+    first_unit_s: float | None,
+    lock_wait_s: float,
+    links_measured: bool,
 ) -> dict[str, float | None]:
     """Build phases by the critical-path rule (see the module docstring).
 
     first_unit_s: seconds from cargo's spawn to the first unit starting, as
-    rbd saw it on cargo's output; None when no unit ran.
+    rbd saw it on cargo's output; None when no unit ran. links_measured:
+    whether the linker shim was in place, so that units without a link
+    record ran no linker.
     """
     path = critical_path(units)
     compile_units = [u for u in path if not u.is_script_run]
-    compile_s = sum(u.duration for u in compile_units)
+    compile_s = sum(_compile_time(u) for u in compile_units)
+    link_s = sum(u.link or 0.0 for u in compile_units) if links_measured else None
     split = all(u.frontend is not None and u.codegen is not None for u in compile_units)
     frontend_s = sum(u.frontend or 0.0 for u in compile_units) if split else None
     codegen_s = sum(u.codegen or 0.0 for u in compile_units) if split else None
@@ -189,19 +244,21 @@ def phases(
         overhead_s = max(0.0, wall_s - lock_wait_s)
     else:
         overhead_s = max(0.0, first_unit_s - lock_wait_s)
-    measured = overhead_s + lock_wait_s + compile_s + build_script_s
+    measured = overhead_s + lock_wait_s + compile_s + (link_s or 0.0) + build_script_s
+
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 4)
+
     return {
-        "overhead_s": round(overhead_s, 4),
-        "compile_s": round(compile_s, 4),
-        "frontend_s": None if frontend_s is None else round(frontend_s, 4),
-        "codegen_s": None if codegen_s is None else round(codegen_s, 4),
-        # Link time of binaries is inside their compile time in cargo's
-        # report; rbd does not measure it separately yet.
-        "link_s": None,
-        "build_script_s": round(build_script_s, 4),
-        "lock_wait_s": round(lock_wait_s, 4),
+        "overhead_s": rounded(overhead_s),
+        "compile_s": rounded(compile_s),
+        "frontend_s": rounded(frontend_s),
+        "codegen_s": rounded(codegen_s),
+        "link_s": rounded(link_s),
+        "build_script_s": rounded(build_script_s),
+        "lock_wait_s": rounded(lock_wait_s),
         # cargo rounds each unit to 10 ms; a remainder below zero is that rounding.
-        "other_s": round(max(0.0, wall_s - measured), 4),
+        "other_s": rounded(max(0.0, wall_s - measured)),
     }
 
 
@@ -218,9 +275,11 @@ def apply_report(
     dirty: dict[str, str],
     first_unit_s: float | None,
     lock_wait_s: float,
+    links: list[LinkRecord] | None = None,
 ) -> None:
     """Fill result's units and phases from the report (and remove the report).
 
+    links: the linker runs the shim recorded, None when it was not in place.
     Without a readable report, the units rbd saw on cargo's output stay as
     they are and only what rbd measured itself (overhead, lock wait) is set.
     """
@@ -237,13 +296,20 @@ def apply_report(
     if units is None:
         for unit in result.units:
             unit.dirty_reason = dirty.get(unit.name)
+            crate = unit.target.replace("-", "_")
+            linked = [x.seconds for x in links or () if (x.package, x.crate) == (unit.name, crate)]
+            unit.link_s = round(sum(linked), 4) if linked else None
         overhead = result.wall_s if first_unit_s is None else first_unit_s
         result.phases.update(
             overhead_s=round(max(0.0, overhead - lock_wait_s), 4),
             lock_wait_s=round(lock_wait_s, 4),
         )
         return
-    result.phases.update(phases(units, result.wall_s, first_unit_s, lock_wait_s))
+    if links is not None and attach_links(units, links):
+        log.warning("link_without_unit", links=len(links))
+    result.phases.update(
+        phases(units, result.wall_s, first_unit_s, lock_wait_s, links_measured=links is not None)
+    )
     result.units = [
         UnitRecord(
             name=u.package,
@@ -251,10 +317,11 @@ def apply_report(
             kind=u.kind,
             start_s=u.start,
             total_s=u.duration,
-            compile_s=None if u.is_script_run else u.duration,
+            compile_s=None if u.is_script_run else round(_compile_time(u), 4),
             frontend_s=u.frontend,
             codegen_s=u.codegen,
             build_script_s=u.duration if u.is_script_run else None,
+            link_s=None if u.link is None else round(u.link, 4),
             dirty_reason=dirty.get(u.package),
             critical_path=u.on_critical_path,
         )

@@ -44,6 +44,15 @@ SLOW_MAIN = textwrap.dedent(
 )
 
 
+# One cache dir for the whole session: the daemon compiles its rustc wrapper
+# into it once (about 0.5 s), not once per test's daemon.
+SHARED_CACHE = Path(tempfile.mkdtemp(prefix="rbd-cache-"))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(SHARED_CACHE, ignore_errors=True)
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -137,6 +146,7 @@ class Rbd:
             "XDG_RUNTIME_DIR": str(base / "run"),
             "XDG_STATE_HOME": str(base / "state"),
             "XDG_CONFIG_HOME": str(base / "config"),
+            "XDG_CACHE_HOME": str(SHARED_CACHE),
         }
         for key in [k for k in self.env if k.startswith("RBD_")]:
             del self.env[key]

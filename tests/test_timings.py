@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from structlog.testing import capture_logs
 
 from daemon import timings
 from daemon.records import BuildResult
+from daemon.shim import LinkRecord
 from tests.conftest import make_crate
 
 DATA = Path(__file__).parent / "data"
@@ -48,7 +50,9 @@ def test_critical_path_and_phases_add_up_to_wall() -> None:
         ("core", "lib"),
         ("app", "bin"),
     ]
-    phases = timings.phases(units, wall_s=0.62, first_unit_s=0.05, lock_wait_s=0.0)
+    phases = timings.phases(
+        units, wall_s=0.62, first_unit_s=0.05, lock_wait_s=0.0, links_measured=False
+    )
     assert phases["build_script_s"] == pytest.approx(0.3)
     assert phases["compile_s"] == pytest.approx(0.06 + 0.02 + 0.07)
     assert phases["frontend_s"] is None  # the bin on the path has no split
@@ -107,3 +111,51 @@ def test_report_of_the_installed_cargo(tmp_path: Path) -> None:
     assert lib.frontend is not None and lib.codegen is not None
     assert lib.frontend + lib.codegen == pytest.approx(lib.duration, abs=0.02)
     assert {u.kind for u in units if u.ran} == {"lib", "bin"}
+
+
+def link(package: str, crate: str, kind: str, seconds: float) -> LinkRecord:
+    start = 1_000_000_000_000
+    return LinkRecord(package, "0.1.0", crate, kind, start, start + int(seconds * 1e9), 0, "cc")
+
+
+def test_link_time_moves_out_of_compile_time_and_parts_still_add_up() -> None:
+    units = timings.parse_report(report("cargo-1.95-timing-workspace.html"), V195)
+    links = [
+        link("app", "app", "bin", 0.05),
+        link("core", "build_script_build", "custom-build", 0.02),
+    ]
+    assert timings.attach_links(units, links) == 0
+    phases = timings.phases(
+        units, wall_s=0.62, first_unit_s=0.05, lock_wait_s=0.0, links_measured=True
+    )
+    assert phases["link_s"] == pytest.approx(0.07)
+    assert phases["compile_s"] == pytest.approx(0.06 + 0.02 + 0.07 - 0.07)
+    parts = ["overhead_s", "lock_wait_s", "compile_s", "link_s", "build_script_s", "other_s"]
+    assert sum(phases[p] or 0.0 for p in parts) == pytest.approx(0.62)
+
+
+def test_link_measured_but_nothing_linked_on_the_path_is_zero_not_unknown() -> None:
+    units = timings.parse_report(report("cargo-1.95-timing-workspace.html"), V195)
+    phases = timings.phases(
+        units, wall_s=0.62, first_unit_s=0.05, lock_wait_s=0.0, links_measured=True
+    )
+    assert phases["link_s"] == 0.0
+
+
+def test_a_link_goes_to_the_unit_of_its_kind_when_targets_share_a_crate_name() -> None:
+    rows = [("", 0.1, 0.2), (' t "lib" (test)', 0.1, 0.3)]
+    rows += [(' tool "bin" (test)', 0.3, 0.3), (' tool "bin"', 0.3, 0.2)]
+    data = [
+        {"i": i, "name": "t", "version": "0.1.0", "target": text, "start": start, "duration": d}
+        for i, (text, start, d) in enumerate(rows)
+    ]
+    html = "<script>const UNIT_DATA = " + json.dumps(data) + ";</script>"
+    units = timings.parse_report(html, V195)
+    kinds = [(u.target, u.kind) for u in units]
+    assert kinds == [("t", "lib"), ("t", "test"), ("tool", "test"), ("tool", "bin")]
+    unmatched = timings.attach_links(
+        units,
+        [link("t", "t", "test", 0.1), link("t", "tool", "bin", 0.05), link("x", "x", "bin", 1.0)],
+    )
+    assert unmatched == 1
+    assert [u.link for u in units] == [None, pytest.approx(0.1), None, pytest.approx(0.05)]
