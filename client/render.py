@@ -93,10 +93,10 @@ def phase_split(phases: dict[str, Any]) -> str:
 PHASE_NOTES = {
     "overhead_s": "cargo's spawn to its first unit (fingerprinting, scheduling)",
     "lock_wait_s": "waiting for another cargo's lock on the build directory",
-    "compile_s": "compile time of the units on the critical path",
+    "compile_s": "compile time (frontend + codegen) of the units on the critical path",
     "frontend_s": "  of it frontend (parsing, type checking, borrow checking)",
     "codegen_s": "  of it codegen (LLVM)",
-    "link_s": "linking (inside binaries' compile time; not measured apart yet)",
+    "link_s": "time in the linker, as rbd's linker shim measured it",
     "build_script_s": "build scripts run on the critical path",
     "other_s": "the rest of the wall time: gaps, cargo's bookkeeping, rounding",
 }
@@ -214,6 +214,8 @@ def show(build: dict[str, Any]) -> str:
         f"  linker    {build.get('linker') or '—'}",
         f"  errors    {build.get('errors')}, warnings {build.get('warnings')}",
     ]
+    if build.get("rustc_wrapper"):
+        lines.append(f"  wrapper   {build['rustc_wrapper']} (your RUSTC_WRAPPER, run by rbd's)")
     phases = build.get("phases") or {}
     lines += ["", "  phase          seconds   (critical-path rule: parts add up to the wall time)"]
     for key, note in PHASE_NOTES.items():
@@ -224,8 +226,8 @@ def show(build: dict[str, Any]) -> str:
     if units:
         lines.append("")
         lines.append(
-            f"    {'unit':28} {'kind':16} {'start':>7} {'total':>7} {'front':>7} {'codegen':>7}"
-            "  why rebuilt"
+            f"    {'unit':28} {'kind':16} {'start':>7} {'total':>7} {'compile':>7} {'front':>7}"
+            f" {'codegen':>7} {'link':>7} {'script':>7}  why rebuilt"
         )
         for unit in units:
             name = (
@@ -236,10 +238,15 @@ def show(build: dict[str, Any]) -> str:
             mark = "*" if unit.get("critical_path") else " "
             lines.append(
                 f"  {mark} {name[:28]:28} {unit['kind'][:16]:16} {_num(unit.get('start_s'))} "
-                f"{_num(unit.get('total_s'))} {_num(unit.get('frontend_s'))} "
-                f"{_num(unit.get('codegen_s'))}  {unit.get('dirty_reason') or ''}"
+                f"{_num(unit.get('total_s'))} {_num(unit.get('compile_s'))} "
+                f"{_num(unit.get('frontend_s'))} {_num(unit.get('codegen_s'))} "
+                f"{_num(unit.get('link_s'))} {_num(unit.get('build_script_s'))}"
+                f"  {unit.get('dirty_reason') or ''}"
             )
-        lines.append("  * on the critical path; – not measured (cargo gives binaries no split)")
+        lines.append(
+            "  * on the critical path; – not measured or not applicable"
+            " (cargo gives binaries no frontend/codegen split; only some units link)"
+        )
     if build.get("diagnostics"):
         lines.append("")
         lines.append(build["diagnostics"].rstrip())

@@ -84,6 +84,10 @@ def test_build_script_lib_and_bin_each_get_their_time(rbd: Rbd, tmp_path: Path) 
     assert "lib/src/lib.rs" in lib["dirty_reason"] and "changed" in lib["dirty_reason"]
     app = next(u for u in units if u["kind"] == "bin")
     assert app["frontend_s"] is None and app["compile_s"] > 0
+    # The shim timed the bin's link, and cargo's unit time is compile plus link.
+    assert app["link_s"] > 0 and lib["link_s"] is None
+    assert app["compile_s"] + app["link_s"] == pytest.approx(app["total_s"], abs=0.011)
+    assert second["phases"]["link_s"] == pytest.approx(app["link_s"])
     assert "wslib" in app["dirty_reason"]
     assert second["linker"] == "rust-lld" or second["linker"] in ("lld", "mold", "gold", "bfd")
     total = sum(
@@ -139,3 +143,55 @@ def test_a_held_cargo_lock_shows_as_lock_wait(rbd: Rbd, tmp_path: Path) -> None:
     assert build["phases"]["lock_wait_s"] >= 0.4
     assert build["phases"]["overhead_s"] < build["phases"]["lock_wait_s"]
     assert wait_gone(holder.pid, 5)
+
+
+SLOW_GCC = "#!/bin/sh\n# A gcc driver that takes its time.\nsleep 0.4\nexec cc \"$@\"\n"
+
+
+def test_time_in_a_configured_linker_is_link_time(rbd: Rbd, tmp_path: Path) -> None:
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    slow_gcc = tools / "slow-gcc"
+    slow_gcc.write_text(SLOW_GCC)
+    slow_gcc.chmod(0o755)
+    host = subprocess.run(
+        ["rustc", "--print", "host-tuple"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    config = f'[target.{host}]\nlinker = "{slow_gcc}"\n'
+    crate = make_crate(tmp_path / "slow", "slow", {".cargo/config.toml": config})
+    events = started(rbd, crate)
+    events.finished()
+    (crate / "src" / "main.rs").write_text('fn main() { println!("relinked"); }\n')
+    build = events.finished()
+    assert build["outcome"] == "success"
+    # Named like a gcc driver, the linker links with GNU ld, not rust-lld.
+    assert build["linker"] == "bfd"
+    assert build["phases"]["link_s"] >= 0.4
+    (unit,) = show(rbd, build["id"])["units"]  # type: ignore[misc]
+    assert unit["link_s"] >= 0.4
+    # The sleep is not compile time.
+    assert unit["compile_s"] <= unit["total_s"] - 0.39
+    assert build["phases"]["compile_s"] <= unit["compile_s"] + 0.011
+    plain = subprocess.run(
+        ["cargo", "build", "-v"], cwd=crate, capture_output=True, text=True, check=True
+    )
+    assert "Dirty" not in plain.stderr and "Compiling" not in plain.stderr, plain.stderr
+
+
+def test_a_users_rustc_wrapper_still_runs_and_is_reported(rbd: Rbd, tmp_path: Path) -> None:
+    calls = tmp_path / "calls.log"
+    wrapper = tmp_path / "my-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec "$@"\n')
+    wrapper.chmod(0o755)
+    rbd.env["RUSTC_WRAPPER"] = str(wrapper)
+    crate = make_crate(tmp_path / "wrapped", "wrapped")
+    events = started(rbd, crate)
+    events.finished()
+    calls.unlink()
+    (crate / "src" / "main.rs").write_text('fn main() { println!("wrapped"); }\n')
+    build = events.finished()
+    assert build["outcome"] == "success"
+    assert build["rustc_wrapper"] == str(wrapper)
+    assert "--crate-name wrapped" in calls.read_text()
+    assert build["phases"]["link_s"] > 0  # rbd's own wrapper ran too
+    assert str(wrapper) in rbd.ok("show", str(build["id"]))
