@@ -167,7 +167,9 @@ def test_time_in_a_configured_linker_is_link_time(rbd: Rbd, tmp_path: Path) -> N
     # Named like a gcc driver, the linker links with GNU ld, not rust-lld.
     assert build["linker"] == "bfd"
     assert build["phases"]["link_s"] >= 0.4
-    (unit,) = show(rbd, build["id"])["units"]  # type: ignore[misc]
+    units = show(rbd, build["id"])["units"]
+    assert isinstance(units, list) and len(units) == 1
+    unit = units[0]
     assert unit["link_s"] >= 0.4
     # The sleep is not compile time.
     assert unit["compile_s"] <= unit["total_s"] - 0.39
