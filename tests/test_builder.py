@@ -145,7 +145,7 @@ def test_a_held_cargo_lock_shows_as_lock_wait(rbd: Rbd, tmp_path: Path) -> None:
     assert wait_gone(holder.pid, 5)
 
 
-SLOW_GCC = "#!/bin/sh\n# A gcc driver that takes its time.\nsleep 0.4\nexec cc \"$@\"\n"
+SLOW_GCC = '#!/bin/sh\n# A gcc driver that takes its time.\nsleep 0.4\nexec cc "$@"\n'
 
 
 def test_time_in_a_configured_linker_is_link_time(rbd: Rbd, tmp_path: Path) -> None:
