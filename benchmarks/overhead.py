@@ -4,10 +4,12 @@ Run from the repository root after `.ci/setup`:
 
     .venv/bin/python benchmarks/overhead.py [--edits 15] [--write]
 
-Two copies of the bundled example project get the same one-line edits, A B A
-B ...: copy A is rebuilt by rbd's builder (the exact command, environment and
-output parsing the daemon uses, timings report analysis and linker check
-included), copy B by plain `cargo build`. Each side is timed from before
+Three copies of the bundled example project get the same one-line edits,
+A B C A B C ...: copy A is rebuilt by rbd's builder as the daemon runs it
+(the exact command, environment and output parsing, its rustc wrapper and
+linker shim, timings report analysis and linker check), copy B the same
+without the shim (to show what the shim costs), copy C by plain `cargo
+build`. Each side is timed from before
 cargo's spawn to the end of what that side does with the result. Medians and
 their ratio are printed; `--write` appends them to benchmarks/RESULTS.md.
 """
@@ -31,8 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.daemon_loop import report  # noqa: E402
+from client import paths  # noqa: E402
 from daemon.builder import Build  # noqa: E402
 from daemon.config import ProjectConfig  # noqa: E402
+from daemon.shim import Shim, Shims  # noqa: E402
 from daemon.timings import cargo_version  # noqa: E402
 
 HANDLERS = Path("src") / "handlers.rs"
@@ -46,8 +50,10 @@ def edit(copy: Path, i: int) -> None:
     path.write_text(text[:start] + f"Hello {i}" + text[end:])
 
 
-async def rbd_build(copy: Path, version: tuple[int, int] | None) -> float:
-    build = Build(ProjectConfig().argv(), copy, dict(os.environ), 600, lambda _: None, version)
+async def rbd_build(copy: Path, version: tuple[int, int] | None, shim: Shim | None) -> float:
+    build = Build(
+        ProjectConfig().argv(), copy, dict(os.environ), 600, lambda _: None, version, shim=shim
+    )
     begin = time.perf_counter()
     result = await build.run()
     assert result.outcome == "success", result.first_error
@@ -70,20 +76,25 @@ def main() -> int:
     )
     base = Path(tempfile.mkdtemp(prefix="rbd-overhead-"))
     try:
+        sides = ("rbd", "noshim", "plain")
         copies = {}
-        for side in ("rbd", "plain"):
+        for side in sides:
             copies[side] = base / side
             shutil.copytree(ROOT / "benchmarks" / "example", copies[side])
             subprocess.run(["cargo", "build", "-q"], cwd=copies[side], check=True)
-        timed: dict[str, list[float]] = {"rbd": [], "plain": []}
+        timed: dict[str, list[float]] = {side: [] for side in sides}
 
         async def rounds() -> None:
             # One event loop for all rounds, as in the daemon.
+            shim = await Shims(Path(paths.cache_dir())).get(dict(os.environ))
+            assert shim is not None, "the shim did not build (see the warning above)"
             for i in range(args.edits + 2):  # the first two rounds warm up, uncounted
-                for side in ("rbd", "plain"):
+                for side in sides:
                     edit(copies[side], i)
-                    if side == "rbd":
-                        took = await rbd_build(copies[side], version)
+                    if side != "plain":
+                        took = await rbd_build(
+                            copies[side], version, shim if side == "rbd" else None
+                        )
                     else:
                         took = await anyio.to_thread.run_sync(plain_build, copies[side])
                     if i >= 2:
@@ -93,6 +104,7 @@ def main() -> int:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     rbd, plain = statistics.median(timed["rbd"]), statistics.median(timed["plain"])
+    noshim = statistics.median(timed["noshim"])
     ratio = rbd / plain
     report(
         "benchmarks/overhead.py",
@@ -103,6 +115,7 @@ def main() -> int:
                 None,
                 None,
             ),
+            ("the same without rbd's shim (no link times)", f"{noshim * 1000:.1f} ms", None, None),
             ("plain `cargo build`, same edits, interleaved", f"{plain * 1000:.1f} ms", None, None),
             (
                 "ratio rbd / plain (example project, one-line edit)",
