@@ -241,7 +241,7 @@ def show(build: dict[str, Any]) -> str:
                 f"{_num(unit.get('total_s'))} {_num(unit.get('compile_s'))} "
                 f"{_num(unit.get('frontend_s'))} {_num(unit.get('codegen_s'))} "
                 f"{_num(unit.get('link_s'))} {_num(unit.get('build_script_s'))}"
-                f"  {unit.get('dirty_reason') or ''}"
+                f"  {_reason(unit.get('dirty_reason'))}"
             )
         lines.append(
             "  * on the critical path; – not measured or not applicable"
@@ -254,6 +254,16 @@ def show(build: dict[str, Any]) -> str:
         lines.append("")
         lines.append(build["first_error"])
     return "\n".join(lines)
+
+
+def _reason(text: str | None) -> str:
+    # cargo's "has changed (1795307048.55s, 8s after last build at 1795307040.57s)":
+    # the raw mtimes say nothing a person reads; --json keeps them.
+    text = text or ""
+    at = text.find(" (")
+    if at >= 0 and text.endswith("s)") and "after last build" in text[at:]:
+        return text[:at]
+    return text
 
 
 def _short(value: float | None) -> str:
