@@ -39,7 +39,12 @@ SHUTDOWN = "shutdown"
 HISTORY = "history"
 SHOW = "show"
 SUBSCRIBE = "subscribe"
-OPS = frozenset({HELLO, STATUS, START, STOP, SHUTDOWN, HISTORY, SHOW, SUBSCRIBE})
+SUGGEST = "suggest"
+TUNE_APPLY = "tune_apply"
+TUNE_REVERT = "tune_revert"
+OPS = frozenset(
+    {HELLO, STATUS, START, STOP, SHUTDOWN, HISTORY, SHOW, SUBSCRIBE, SUGGEST, TUNE_APPLY, TUNE_REVERT}
+)
 
 # Events.
 BUILD_STARTED = "build_started"
@@ -60,6 +65,10 @@ NOT_WATCHED = "not_watched"
 NO_PROJECT = "no_project"
 CARGO_MISSING = "cargo_missing"
 BAD_CONFIG = "bad_config"
+# A file rbd tuned was edited since: reverting would lose those edits.
+CONFLICT = "conflict"
+# A build configuration this machine cannot build (cranelift without nightly...).
+UNAVAILABLE = "unavailable"
 INTERNAL = "internal"
 
 # Build outcomes and project states.

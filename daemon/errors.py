@@ -8,6 +8,9 @@
     ├── NotWatched          the path is not a watched project; code `not_watched`
     ├── NotFound            no such build; code `not_found`
     ├── ConfigError         an rbd setting is invalid; code `bad_config`
+    │   └── TuneRejected    a tuning change cargo does not accept (rolled back)
+    ├── TuneConflict        a tuned file changed since; code `conflict`
+    ├── Unavailable         a build configuration this machine lacks; code `unavailable`
     └── StoreError          the SQLite store failed; builds go on, status reports it
 
 Everything else reaching the server's boundary is logged and answered as `internal`.
@@ -48,6 +51,18 @@ class NotFound(DaemonError):
 
 class ConfigError(DaemonError):
     code = protocol.BAD_CONFIG
+
+
+class TuneRejected(ConfigError):
+    pass
+
+
+class TuneConflict(DaemonError):
+    code = protocol.CONFLICT
+
+
+class Unavailable(DaemonError):
+    code = protocol.UNAVAILABLE
 
 
 class StoreError(DaemonError):
