@@ -43,9 +43,7 @@ CHECKED_VERSIONS = frozenset({(1, 95)})
 
 # ' app "bin"', ' t "lib" (test)', ' it "test" (test)': name, kind, and a
 # mode when the unit is a test harness built from the target.
-TARGET = re.compile(
-    r'^\s*(?:(?P<name>\S+)\s+)?"(?P<kind>[\w-]+)"(?:\s+\((?P<mode>[\w ]+)\))?\s*$'
-)
+TARGET = re.compile(r'^\s*(?:(?P<name>\S+)\s+)?"(?P<kind>[\w-]+)"(?:\s+\((?P<mode>[\w ]+)\))?\s*$')
 
 
 class TimingsFormatError(ValueError):
