@@ -45,6 +45,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         overrides["settle_ms"] = args.settle_ms
     if args.timeout_s is not None:
         overrides["timeout_s"] = args.timeout_s
+    if args.config is not None:
+        overrides["build_config"] = args.config
     if args.cargo_args:
         overrides["args"] = args.cargo_args
     with connect_or_spawn() as conn:
@@ -57,6 +59,11 @@ def cmd_start(args: argparse.Namespace) -> int:
         return 0
     verb = "already watching" if reply["already"] else "watching"
     print(f"rbd: {verb} {project['root']}: {' '.join(project['command'])} on every save")
+    if project["config"].get("build_config", "default") != "default":
+        print(
+            f"rbd: configuration {project['config']['build_config']}: binaries in "
+            f"{project['artifacts']}"
+        )
     if project.get("problem"):
         print(f"rbd: note: {project['problem']}")
     if not reply["already"]:
@@ -178,6 +185,53 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suggest(args: argparse.Namespace) -> int:
+    with Connection.open() as conn:
+        reply = conn.request(protocol.SUGGEST, path=_dir(args.dir), env=dict(os.environ))
+    data = {k: reply[k] for k in ("project", "environment", "builds_considered", "suggestions")}
+    data["hint"] = reply.get("hint")
+    if args.json:
+        _print_json(data)
+    else:
+        from client import render
+
+        print(render.suggestions(data))
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    with Connection.open() as conn:
+        if args.action == "apply":
+            if not args.ids:
+                raise UsageError("rbd tune apply: name one or more suggestion ids (rbd suggest)")
+            reply = conn.request(
+                protocol.TUNE_APPLY,
+                path=_dir(args.dir),
+                env=dict(os.environ),
+                ids=args.ids,
+                dry_run=args.dry_run,
+            )
+        else:
+            if len(args.ids) > 1 or (args.ids and not args.ids[0].isdigit()):
+                raise UsageError("rbd tune revert: takes at most one tune id (a number)")
+            reply = conn.request(
+                protocol.TUNE_REVERT,
+                path=_dir(args.dir),
+                env=dict(os.environ),
+                tune_id=int(args.ids[0]) if args.ids else None,
+                force=args.force,
+            )
+    reply.pop("id", None)
+    reply.pop("ok", None)
+    if args.json:
+        _print_json(reply)
+    else:
+        from client import render
+
+        print(render.tune(args.action, reply))
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from client import paths
 
@@ -236,6 +290,12 @@ def _parser() -> _Parser:
     )
     p.add_argument("--settle-ms", type=int, help="quiet time after the last change before building")
     p.add_argument("--timeout-s", type=float, help="kill a build that runs longer than this")
+    p.add_argument(
+        "--config",
+        help="build configuration: default, mold, lld, bfd, line-tables-only, no-debuginfo, "
+        "deps-opt, cranelift, or a combination (mold+line-tables-only); non-default ones "
+        "build in target/rbd/NAME",
+    )
     p = add("stop", cmd_stop, "stop watching a project", json_flag=False)
     p.add_argument("dir", nargs="?")
     add("shutdown", cmd_shutdown, "stop the daemon", json_flag=False)
@@ -251,6 +311,18 @@ def _parser() -> _Parser:
     p.add_argument("--all", action="store_true", help="builds of every project")
     p = add("show", cmd_show, "one build in full")
     p.add_argument("build_id", type=int, metavar="BUILD_ID")
+    p = add("suggest", cmd_suggest, "tuning suggestions argued from the project's own builds")
+    p.add_argument("dir", nargs="?", help="project (default: the one containing the current dir)")
+    p = add(
+        "tune",
+        cmd_tune,
+        "apply suggestions to the cargo config (rbd tune apply ID..), or revert (rbd tune revert)",
+    )
+    p.add_argument("action", choices=("apply", "revert"))
+    p.add_argument("ids", nargs="*", metavar="ID", help="suggestion ids; for revert, a tune id")
+    p.add_argument("--dir", help="project (default: the one containing the current directory)")
+    p.add_argument("--dry-run", action="store_true", help="show the diff, write nothing")
+    p.add_argument("--force", action="store_true", help="revert even over later edits")
     p = add("logs", cmd_logs, "print the daemon's log path", json_flag=False)
     p.add_argument("-f", "--follow", action="store_true", help="follow the log")
     p = add(

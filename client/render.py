@@ -119,6 +119,9 @@ def status(data: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"{project['root']}  [{project['state']}]")
         lines.append(f"  command  {' '.join(project['command'])}")
+        build_config = (project.get("config") or {}).get("build_config", "default")
+        if project.get("artifacts"):
+            lines.append(f"  config   {build_config}; binaries in {project['artifacts']}")
         current = project.get("current")
         if current:
             progress = current.get("progress") or {}
@@ -280,3 +283,89 @@ def progress_line(project: str, event: dict[str, Any]) -> str:
     counted = f"{event.get('done', 0)}/{total}" if total else "…"
     active = ", ".join(event.get("active") or [])
     return f"⟳ {name}  {counted}  {seconds(event.get('elapsed_s'))}  {active}"[:160]
+
+
+def suggestions(data: dict[str, Any]) -> str:
+    env = data.get("environment") or {}
+    profile = env.get("profile") or {}
+    linkers = ", ".join(k for k, v in (env.get("linkers") or {}).items() if v) or "none found"
+    nightly = env.get("nightly") or {}
+    lines = [
+        f"{data['project']}",
+        f"  toolchain  cargo {env.get('cargo_version')}, rustc {env.get('rustc_version')} "
+        f"({env.get('channel')}), {env.get('host')}; default linker {env.get('default_linker')}",
+        f"  linkers    {linkers}; nightly: {nightly.get('toolchain') or 'none'}"
+        + (" with cranelift" if nightly.get("cranelift") else ""),
+        f"  dev        debug={profile.get('debug')} deps debug={profile.get('deps_debug')} "
+        f"opt-level={profile.get('opt_level')} deps opt-level={profile.get('deps_opt_level')} "
+        f"codegen-units={profile.get('codegen_units')} incremental={profile.get('incremental')}",
+        f"  evidence   {data.get('builds_considered', 0)} incremental rebuilds",
+    ]
+    if data.get("hint"):
+        lines += ["", data["hint"]]
+    found = data.get("suggestions") or []
+    if not found and not data.get("hint"):
+        lines += ["", "nothing to suggest: no rule found a cost worth a change in these builds"]
+    for n, item in enumerate(found, 1):
+        expected = item["expected"]
+        flags = []
+        if item.get("needs_nightly"):
+            flags.append("needs nightly")
+        if item.get("full_rebuild"):
+            flags.append("next build is a full rebuild")
+        change = item["change"]
+        lines += [
+            "",
+            f"{n}. {item['id']}: {item['title']}",
+            f"   why       {item['evidence']}",
+            f"   saves     ~{seconds(expected['saves_s'])} per rebuild "
+            f"({expected['source']}: {expected.get('basis', '')})",
+            f"   change    {change['file']}: {_change_text(change)}",
+            f"   costs     {item['tradeoffs']}" + (f" [{'; '.join(flags)}]" if flags else ""),
+        ]
+        if "manual" not in change:
+            lines.append(f"   apply     rbd tune apply {item['id']}")
+    return "\n".join(lines)
+
+
+def _change_text(change: dict[str, Any]) -> str:
+    if "manual" in change:
+        return f"{change['manual']} (by hand)"
+    parts = [
+        f"{'.'.join(_key(k) for k in item['key'])} = {json_value(item['value'])}"
+        for item in change.get("set") or []
+    ]
+    parts += [f"remove {'.'.join(_key(k) for k in key)}" for key in change.get("remove") or []]
+    flags = change.get("rustflags")
+    if flags:
+        parts.append(f"{'.'.join(_key(k) for k in flags['key'])} += {' '.join(flags['add'])}")
+    return "; ".join(parts)
+
+
+def _key(part: str) -> str:
+    return part if part.replace("-", "").replace("_", "").isalnum() else f'"{part}"'
+
+
+def json_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+def tune(action: str, reply: dict[str, Any]) -> str:
+    if action == "revert":
+        files, ids = ", ".join(reply["files"]), ", ".join(reply["suggestions"])
+        return f"rbd: reverted tune #{reply['tune_id']} ({ids}): {files}"
+    lines = [f["diff"].rstrip() for f in reply["files"]]
+    if not reply["files"]:
+        lines.append("rbd: nothing to change: the configuration already says so")
+    elif reply["dry_run"]:
+        lines.append("rbd: dry run: nothing written")
+    else:
+        lines.append(
+            f"rbd: applied {', '.join(reply['applied'])} as tune #{reply['tune_id']}"
+            f" (undo: rbd tune revert {reply['tune_id']})"
+        )
+        if reply.get("full_rebuild"):
+            lines.append("rbd: the next build rebuilds everything once")
+    return "\n".join(lines)

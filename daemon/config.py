@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from daemon import configs
 from daemon.errors import ConfigError
 
 # Cargo subcommands that build without running anything of the project's.
@@ -33,6 +34,7 @@ ENV_KEYS = {
     "RBD_ARGS": "args",
     "RBD_SETTLE_MS": "settle_ms",
     "RBD_TIMEOUT_S": "timeout_s",
+    "RBD_CONFIG": "build_config",
 }
 
 
@@ -45,6 +47,8 @@ class ProjectConfig:
     settle_ms: int = 20
     # A build running longer than this is killed and recorded as `timeout`.
     timeout_s: float = 1800.0
+    # The named build configuration (daemon.configs): mold, line-tables-only...
+    build_config: str = "default"
 
     def argv(self) -> list[str]:
         words = shlex.split(self.command)
@@ -87,6 +91,13 @@ def _validated(values: dict[str, Any], source: str) -> dict[str, Any]:
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(f"{source}: timeout_s must be a positive number")
             out[key] = float(value)
+        elif key == "build_config":
+            if not isinstance(value, str):
+                raise ConfigError(f"{source}: build_config must be a string (got {value!r})")
+            try:
+                out[key] = "+".join(configs.parse(value))
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
         else:
             raise ConfigError(f"{source}: unknown setting {key!r}")
     return out

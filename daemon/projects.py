@@ -10,7 +10,7 @@ import anyio
 import structlog
 
 from client import protocol
-from daemon import cargoconfig, procs
+from daemon import cargoconfig, configs, probe, procs
 from daemon import config as configuration
 from daemon import workspace as workspaces
 from daemon.builder import Build
@@ -39,8 +39,10 @@ class Project:
         store: AsyncStore,
         hub: EventHub,
         shims: Shims,
+        build_config: configs.BuildConfig,
     ) -> None:
         self.workspace = workspace
+        self.build_config = build_config
         self.root = workspace.root
         self.env = env
         self.overrides = overrides
@@ -133,7 +135,7 @@ class Project:
         if not self.root.is_dir():
             return  # vanished: the watcher reports it, and there is nothing to build
         await self._maybe_reload_workspace()
-        argv = self.config.argv()
+        argv = self.build_config.argv(self.config.argv())
         shim = await self.shims.get(self.env)
         user_wrapper = await anyio.to_thread.run_sync(
             cargoconfig.rustc_wrapper, self.root, self.env
@@ -141,7 +143,7 @@ class Project:
         build = Build(
             argv,
             self.root,
-            self.env,
+            self.build_config.apply_env(self.env),
             self.config.timeout_s,
             self._emit,
             cargo_version=self.workspace.cargo_version,
@@ -160,7 +162,7 @@ class Project:
                 started_at=started_at,
                 trigger=trigger,
                 command=argv,
-                config="default",
+                config=self.build_config.name,
             )
         except StoreError as exc:
             log.error("store_failed", error=str(exc), root=self.key)
@@ -234,7 +236,7 @@ class Project:
             started_at=started_at,
             trigger=trigger,
             command=argv,
-            config="default",
+            config=self.build_config.name,
             outcome=result.outcome,
             wall_s=result.wall_s,
             settle_s=result.settle_s,
@@ -267,11 +269,16 @@ class Project:
         self._build = None
 
     def update(
-        self, env: dict[str, str], overrides: dict[str, Any], config: configuration.ProjectConfig
+        self,
+        env: dict[str, str],
+        overrides: dict[str, Any],
+        config: configuration.ProjectConfig,
+        build_config: configs.BuildConfig,
     ) -> None:
         self.env = env
         self.overrides = overrides
         self.config = config
+        self.build_config = build_config
         self.scheduler.settle_s = config.settle_ms / 1000
 
     def status(self) -> dict[str, Any]:
@@ -284,7 +291,11 @@ class Project:
             "root": self.key,
             "state": "gone" if self.watcher.gone else self.scheduler.state,
             "config": self.config.to_json(),
-            "command": self.config.argv(),
+            "command": self.build_config.argv(self.config.argv()),
+            # Where this configuration's binaries land (the one to run).
+            "artifacts": str(
+                self.build_config.artifacts() or self.workspace.target_dir / "debug"
+            ),
             "current": current,
             "last_build": self.last_build,
             "env": {
@@ -329,15 +340,18 @@ class Registry:
         """Watch the project at path; returns it and whether it was already watched."""
         workspace = await workspaces.load(Path(path).resolve(), env)
         config = configuration.load(workspace.root, env, overrides)
+        build_config = await self._build_config(workspace, env, config.build_config)
         key = str(workspace.root)
         existing = self.projects.get(key)
         if existing is not None:
             # Watched already: the next build uses the new environment and
             # settings; the watch and any running build carry on.
-            existing.update(env, overrides, config)
+            existing.update(env, overrides, config, build_config)
             await self._persist(key, env, overrides, persist)
             return existing, True
-        project = Project(workspace, env, overrides, config, self.store, self.hub, self.shims)
+        project = Project(
+            workspace, env, overrides, config, self.store, self.hub, self.shims, build_config
+        )
         try:
             project.last_build = await self.store.call(self.store.sync.last_build, key)
         except StoreError:
@@ -347,6 +361,23 @@ class Registry:
         await self._persist(key, env, overrides, persist)
         log.info("project_started", root=key, command=config.argv())
         return project, False
+
+    async def _build_config(
+        self, workspace: workspaces.Workspace, env: dict[str, str], name: str
+    ) -> configs.BuildConfig:
+        """The named configuration, resolved for this machine; Unavailable if it lacks it."""
+        if name == "default":
+            return configs.resolve(name, workspace.root, workspace.target_dir, env, "", None)
+        found = await probe.probe(workspace.root, env)
+        nightly = found.get("nightly") or {}
+        return configs.resolve(
+            name,
+            workspace.root,
+            workspace.target_dir,
+            env,
+            str(found.get("host") or ""),
+            nightly.get("toolchain") if nightly.get("cranelift") else None,
+        ).require()
 
     async def _persist(
         self, key: str, env: dict[str, str], overrides: dict[str, Any], persist: bool

@@ -20,7 +20,8 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from client import protocol
 from client.errors import ProtocolError
-from daemon.errors import DaemonError, NotFound
+from daemon import advisor
+from daemon.errors import DaemonError, NotFound, NotWatched
 from daemon.events import Subscription
 from daemon.runtime import peer_uid
 
@@ -237,7 +238,49 @@ async def _subscribe(connection: Connection, request: dict[str, Any]) -> dict[st
     return {"project": project}
 
 
+async def _advised_project(
+    connection: Connection, request: dict[str, Any]
+) -> tuple[str, dict[str, str]]:
+    """The project a suggest/tune request is about, and the environment its builds use:
+    a watched project's own, else (a project with recorded builds) the client's."""
+    path = _arg(request, "path", str)
+    project = connection.daemon.registry.find(path)
+    if project is not None:
+        return project.key, project.env
+    root = await connection.daemon.resolve_known(path)
+    if root is None:
+        raise NotWatched(f"{path} is not a project rbd watches or has builds of (`rbd start`)")
+    env = _arg(request, "env", dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ValueError("'env' must map strings to strings")
+    return root, env
+
+
+async def _suggest(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
+    root, env = await _advised_project(connection, request)
+    return await advisor.suggestions(connection.daemon.store, root, env)
+
+
+async def _tune_apply(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
+    root, env = await _advised_project(connection, request)
+    ids = _arg(request, "ids", list, [])
+    if not all(isinstance(i, str) for i in ids):
+        raise ValueError("'ids' must be a list of strings")
+    dry_run = _arg(request, "dry_run", bool, False)
+    return await advisor.apply(connection.daemon.store, root, env, ids, dry_run)
+
+
+async def _tune_revert(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
+    root, _ = await _advised_project(connection, request)
+    tune_id = _arg(request, "tune_id", int)
+    force = _arg(request, "force", bool, False)
+    return await advisor.revert(connection.daemon.store, root, tune_id, force)
+
+
 HANDLERS: dict[str, Handler] = {
+    protocol.SUGGEST: _suggest,
+    protocol.TUNE_APPLY: _tune_apply,
+    protocol.TUNE_REVERT: _tune_revert,
     protocol.STATUS: _status,
     protocol.START: _start,
     protocol.STOP: _stop,

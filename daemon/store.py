@@ -81,6 +81,25 @@ MIGRATIONS: list[str] = [
     ALTER TABLE units ADD COLUMN link_s REAL;
     ALTER TABLE builds ADD COLUMN rustc_wrapper TEXT;
     """,
+    # 4: what `rbd tune apply` wrote, to revert it byte for byte.
+    """
+    CREATE TABLE tunes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project TEXT NOT NULL,
+        applied_at TEXT NOT NULL,
+        suggestions TEXT NOT NULL,
+        reverted_at TEXT
+    );
+    CREATE INDEX tunes_by_project ON tunes (project, id);
+    CREATE TABLE tune_files (
+        tune_id INTEGER NOT NULL REFERENCES tunes (id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        before BLOB,
+        after BLOB NOT NULL,
+        PRIMARY KEY (tune_id, seq)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -272,6 +291,68 @@ class Store:
             for u in units
         ]
         return detail
+
+    def units_of(self, build_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+        """The recorded units of each build (for the suggestion rules)."""
+        found: dict[int, list[dict[str, Any]]] = {i: [] for i in build_ids}
+        for i in build_ids:
+            rows = self._db.execute(
+                f"SELECT {', '.join(UNIT_COLUMNS)} FROM units WHERE build_id = ? ORDER BY seq",
+                (i,),
+            ).fetchall()
+            found[i] = [
+                UnitRecord(**{**dict(u), "critical_path": bool(u["critical_path"])}).to_json()
+                for u in rows
+            ]
+        return found
+
+    # Tuning ------------------------------------------------------------------
+
+    def record_tune(
+        self, project: str, suggestions: list[str], files: list[tuple[str, bytes | None, bytes]]
+    ) -> int:
+        """Record an applied tune: (path, content before or None if new, content after)."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO tunes (project, applied_at, suggestions) VALUES (?, ?, ?)",
+                (project, now_iso(), json.dumps(suggestions)),
+            )
+            assert cursor.lastrowid is not None
+            db.executemany(
+                "INSERT INTO tune_files (tune_id, seq, path, before, after) VALUES (?, ?, ?, ?, ?)",
+                [(cursor.lastrowid, seq, *f) for seq, f in enumerate(files)],
+            )
+            return cursor.lastrowid
+
+    def tune(self, project: str, tune_id: int | None) -> dict[str, Any] | None:
+        """One tune of the project (the latest not reverted when tune_id is None)."""
+        if tune_id is None:
+            row = self._db.execute(
+                "SELECT * FROM tunes WHERE project = ? AND reverted_at IS NULL"
+                " ORDER BY id DESC LIMIT 1",
+                (project,),
+            ).fetchone()
+        else:
+            row = self._db.execute(
+                "SELECT * FROM tunes WHERE project = ? AND id = ?", (project, tune_id)
+            ).fetchone()
+        if row is None:
+            return None
+        files = self._db.execute(
+            "SELECT path, before, after FROM tune_files WHERE tune_id = ? ORDER BY seq",
+            (row["id"],),
+        ).fetchall()
+        return {
+            "id": row["id"],
+            "applied_at": row["applied_at"],
+            "suggestions": json.loads(row["suggestions"]),
+            "reverted_at": row["reverted_at"],
+            "files": [(f["path"], f["before"], f["after"]) for f in files],
+        }
+
+    def mark_reverted(self, tune_id: int) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE tunes SET reverted_at = ? WHERE id = ?", (now_iso(), tune_id))
 
     def known_projects(self) -> list[str]:
         rows = self._db.execute("SELECT DISTINCT project FROM builds").fetchall()

@@ -379,3 +379,27 @@ def test_deleted_project_is_marked_gone_and_picked_up_again(
         )
     )
     assert build["build"]["project"] == str(crate)
+
+
+def test_a_build_configuration_builds_in_its_own_dir(rbd: Rbd, crate: Path) -> None:
+    events = started(rbd, crate, "--config", "line-tables-only+mold")
+    build = events.finished()
+    assert build["outcome"] == "success" and build["config"] == "mold+line-tables-only"
+    assert build["linker"] == "mold"
+    assert "--config" in build["command"] and "--target-dir" in build["command"]
+    (project,) = rbd.request(protocol.STATUS)["projects"]
+    artifacts = Path(project["artifacts"])
+    assert artifacts == crate / "target" / "rbd" / "mold+line-tables-only" / "debug"
+    assert (artifacts / "demo").is_file()
+    # The user's own target dir was not touched by it.
+    assert not (crate / "target" / "debug" / "demo").exists()
+    assert "mold+line-tables-only" in rbd.ok("status")
+
+
+def test_bad_or_unavailable_configurations_are_refused(rbd: Rbd, crate: Path) -> None:
+    rbd.start_daemon()
+    bad = rbd.run("start", "--config", "turbo", cwd=crate)
+    assert bad.returncode == 1 and "turbo" in bad.stderr and "mold" in bad.stderr
+    two = rbd.run("start", "--config", "mold+lld", cwd=crate)
+    assert two.returncode == 1 and "Traceback" not in two.stderr
+    assert rbd.request(protocol.STATUS)["projects"] == []

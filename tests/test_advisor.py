@@ -1,0 +1,86 @@
+"""`rbd suggest` and `rbd tune` end to end: the real daemon, its recorded builds of a
+real crate, the probe of the installed toolchain, and the project's files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import Rbd, make_crate
+from tests.test_projects import started
+
+MANIFEST = (
+    "# my app, my comments\n"
+    '[package]\nname = "tuned"\nversion = "0.1.0"\nedition = "2021"  # keep me\n\n'
+    "[profile.dev]\n# full debuginfo for now\nopt-level = 0\n"
+)
+
+
+def rebuilt_three_times(rbd: Rbd, tmp_path: Path) -> Path:
+    crate = make_crate(tmp_path / "tuned", "tuned", {"Cargo.toml": MANIFEST})
+    events = started(rbd, crate)
+    events.finished()
+    for i in range(3):
+        (crate / "src" / "main.rs").write_text(f'fn main() {{ println!("{i}"); }}\n')
+        assert events.finished()["outcome"] == "success"
+    return crate
+
+
+def test_suggest_apply_and_revert_byte_for_byte(rbd: Rbd, tmp_path: Path) -> None:
+    crate = rebuilt_three_times(rbd, tmp_path)
+    data = json.loads(rbd.ok("suggest", "--json", cwd=crate))
+    assert data["environment"]["host"] and data["environment"]["profile"]["debug"] == 2
+    assert data["builds_considered"] == 3
+    by_id = {s["id"]: s for s in data["suggestions"]}
+    line_tables = by_id["debuginfo-line-tables"]
+    assert "last 3 builds" in line_tables["evidence"]
+    assert line_tables["expected"]["source"] == "estimate"
+    text = rbd.ok("suggest", cwd=crate)
+    assert "rbd tune apply debuginfo-line-tables" in text
+
+    dry = rbd.ok("tune", "apply", "debuginfo-line-tables", "--dry-run", cwd=crate)
+    assert '+debug = "line-tables-only"' in dry and "nothing written" in dry
+    assert (crate / "Cargo.toml").read_text() == MANIFEST
+
+    events = rbd.events()
+    applied = rbd.ok("tune", "apply", "debuginfo-line-tables", cwd=crate)
+    assert "tune #1" in applied
+    after = (crate / "Cargo.toml").read_text()
+    assert after.startswith(MANIFEST.split("opt-level")[0])  # comments and order kept
+    assert "# keep me" in after and 'debug = "line-tables-only"' in after
+    # The daemon sees the manifest change and rebuilds with the new profile.
+    assert events.finished()["outcome"] == "success"
+
+    reverted = rbd.ok("tune", "revert", cwd=crate)
+    assert "reverted tune #1" in reverted
+    assert (crate / "Cargo.toml").read_bytes() == MANIFEST.encode()
+    again = rbd.run("tune", "revert", "1", cwd=crate)
+    assert again.returncode == 1 and "already reverted" in again.stderr
+
+
+def test_revert_refuses_to_lose_a_later_edit(rbd: Rbd, tmp_path: Path) -> None:
+    crate = rebuilt_three_times(rbd, tmp_path)
+    rbd.ok("tune", "apply", "debuginfo-line-tables", cwd=crate)
+    edited = (crate / "Cargo.toml").read_text() + "\n# my later edit\n"
+    (crate / "Cargo.toml").write_text(edited)
+    refused = rbd.run("tune", "revert", cwd=crate)
+    assert refused.returncode == 1
+    assert "changed since tune #1" in refused.stderr and "--force" in refused.stderr
+    assert (crate / "Cargo.toml").read_text() == edited
+    rbd.ok("tune", "revert", "--force", cwd=crate)
+    assert (crate / "Cargo.toml").read_bytes() == MANIFEST.encode()
+
+
+def test_bad_tune_requests_are_clear_errors(rbd: Rbd, tmp_path: Path) -> None:
+    crate = rebuilt_three_times(rbd, tmp_path)
+    missing = rbd.run("tune", "apply", "linker-mold", cwd=crate)
+    assert missing.returncode == 1
+    assert "'linker-mold' is not a current suggestion" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    usage = rbd.run("tune", "apply", cwd=crate)
+    assert usage.returncode == 2
+    nothing = rbd.run("tune", "revert", cwd=crate)
+    assert nothing.returncode == 1 and "no applied tune" in nothing.stderr
+    elsewhere = rbd.run("suggest", cwd=tmp_path)
+    assert elsewhere.returncode == 1 and "not a project rbd watches" in elsewhere.stderr
+    assert (crate / "Cargo.toml").read_text() == MANIFEST
