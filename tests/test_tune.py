@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -410,6 +411,22 @@ async def test_apply_writes_what_cargo_accepts(tmp_path: Path) -> None:
         "target": {"x86_64-unknown-linux-gnu": {"rustflags": ["-C", "target-cpu=native"]}},
         "profile": {"fast": {"inherits": "dev", "debug": 0}},
     }
+
+
+@pytest.mark.anyio
+async def test_a_cranelift_profile_is_accepted_and_stable_builds_keep_working(
+    tmp_path: Path,
+) -> None:
+    root = make_crate(tmp_path / "demo")
+    change = sets(
+        (("profile", "cranelift", "inherits"), "dev"),
+        (("profile", "cranelift", "codegen-backend"), "cranelift"),
+        file=CONFIG,
+    )
+    await apply(root, dict(os.environ), [change])
+    assert 'codegen-backend = "cranelift"' in (root / CONFIG).read_text()
+    built = subprocess.run(["cargo", "build"], cwd=root, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
 
 
 @pytest.mark.anyio
