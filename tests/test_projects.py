@@ -402,4 +402,13 @@ def test_bad_or_unavailable_configurations_are_refused(rbd: Rbd, crate: Path) ->
     assert bad.returncode == 1 and "turbo" in bad.stderr and "mold" in bad.stderr
     two = rbd.run("start", "--config", "mold+lld", cwd=crate)
     assert two.returncode == 1 and "Traceback" not in two.stderr
+    # A rustup that knows no nightly: cranelift is unavailable, with how to get it.
+    fake = crate.parent / "fake-bin"
+    fake.mkdir()
+    (fake / "rustup").write_text("#!/bin/sh\necho 'stable-x86_64-unknown-linux-gnu (default)'\n")
+    (fake / "rustup").chmod(0o755)
+    env = {**rbd.env, "PATH": f"{fake}:{rbd.env['PATH']}"}
+    crane = rbd.run("start", "--config", "cranelift", cwd=crate, env=env)
+    assert crane.returncode == 1
+    assert "rustc-codegen-cranelift-preview" in crane.stderr, crane.stderr
     assert rbd.request(protocol.STATUS)["projects"] == []
