@@ -33,7 +33,12 @@ class Raw:
         return reply
 
     def closed(self) -> bool:
-        return self.reader.readline() == b""
+        try:
+            return self.reader.readline() == b""
+        except ConnectionResetError:
+            # Closed with our unread request bytes still in its buffer: the
+            # kernel resets rather than ends the stream. Closed all the same.
+            return True
 
     def close(self) -> None:
         self.reader.close()
