@@ -4,8 +4,9 @@ Each rule reads the last incremental rebuilds (successful builds a change
 triggered) and the toolchain probe (daemon.probe), and fires only on a
 measured signal: a share of the median rebuild, a unit rebuilt every time, a
 lock wait. What a suggestion is expected to save is an estimate from a
-stated source, scaled by this project's own phase times, until `rbd bench`
-has measured it; suggestions are ranked by it. Changes are in the form
+stated source, scaled by this project's own phase times (`rbd bench` will
+measure them), or, where the change removes a cost rbd measured (a lock
+wait, a build script run), that cost; suggestions are ranked by it. Changes are in the form
 daemon.tune applies; `manual` ones are for the user to make.
 
 The estimates' sources (README.md lists them too):
@@ -29,6 +30,8 @@ WINDOW = 20
 MIN_BUILDS = 3
 # Phase shares below this are not worth a config change.
 SHARE = 0.2
+# Nor are phases this short: a few milliseconds saved is below what anyone notices.
+MIN_PHASE_S = 0.05
 
 
 @dataclass
@@ -71,7 +74,7 @@ def secs(value: float) -> str:
 def share_text(ctx: Context, part: str, label: str) -> tuple[float, float, str] | None:
     """(part median, wall median, "link was 58% of ...") or None when not measured."""
     value, wall = ctx.median(part), ctx.median("wall_s")
-    if value is None or not wall:
+    if value is None or not wall or value < MIN_PHASE_S:
         return None
     n = len(ctx.incremental)
     text = (
@@ -92,13 +95,14 @@ def suggestion(
     *,
     needs_nightly: bool = False,
     full_rebuild: bool = False,
+    source: str = "estimate",
 ) -> dict[str, Any]:
     return {
         "id": id,
         "title": title,
         "evidence": evidence,
         "change": change,
-        "expected": {"saves_s": round(max(0.0, saves_s), 3), "source": "estimate", "basis": basis},
+        "expected": {"saves_s": round(max(0.0, saves_s), 3), "source": source, "basis": basis},
         "tradeoffs": tradeoffs,
         "needs_nightly": needs_nightly,
         "full_rebuild": full_rebuild,
@@ -158,7 +162,7 @@ def deps_no_debuginfo(ctx: Context) -> dict[str, Any] | None:
         found[2] + f"; dependencies are built with debug = {deps}",
         change,
         0.3 * found[0],
-        "estimate: a third of link time, the share dependency debuginfo usually has",
+        "a third of link time, the share dependency debuginfo usually has",
         "no stepping into dependency code with a debugger; dependencies rebuild once",
         full_rebuild=True,
     )
@@ -185,7 +189,7 @@ def split_debuginfo(ctx: Context) -> dict[str, Any] | None:
         found[2],
         change,
         0.25 * found[0],
-        "estimate: a quarter of link time, the debuginfo the linker no longer copies",
+        "a quarter of link time, the debuginfo the linker no longer copies",
         "debuggers find debuginfo in .dwo files beside the objects; the binary alone is not "
         "debuggable elsewhere",
         full_rebuild=True,
@@ -230,7 +234,7 @@ def linker_mold(ctx: Context) -> dict[str, Any] | None:
         found[2] + f"; the binaries were linked by {', '.join(sorted(slow))}",
         _linker_change(ctx, "link-arg=-fuse-ld=mold"),
         found[0] / 2,
-        "estimate: half of link time against GNU ld (mold was no faster than rust-lld)",
+        "half of link time against GNU ld (mold was no faster than rust-lld)",
         "mold is Linux-only; the config applies to this host triple only",
     )
 
@@ -239,7 +243,8 @@ def cranelift(ctx: Context) -> dict[str, Any] | None:
     found = share_text(ctx, "codegen_s", "codegen")
     if found is None:
         found = share_text(ctx, "compile_s", "compile (frontend + codegen)")
-    if found is None or found[0] / found[1] < 0.4 or "x86_64" not in ctx.host:
+    # Only for a rebuild where codegen is worth a nightly toolchain.
+    if found is None or found[0] < 0.1 or found[0] / found[1] < 0.4 or "x86_64" not in ctx.host:
         return None
     nightly = ctx.env.get("nightly") or {}
     ready = bool(nightly.get("toolchain") and nightly.get("cranelift"))
@@ -262,7 +267,7 @@ def cranelift(ctx: Context) -> dict[str, Any] | None:
         found[2] + "; " + how,
         change,
         0.5 * found[0],
-        "estimate: half of codegen (the leptos article: -75% incremental with mold)",
+        "half of codegen (the leptos article: -75% incremental with mold)",
         "nightly only; slower generated code; some crates miss LLVM intrinsics",
         needs_nightly=True,
         full_rebuild=True,
@@ -284,7 +289,7 @@ def codegen_units_default(ctx: Context) -> dict[str, Any] | None:
             "remove": [["profile", "dev", "codegen-units"]],
         },
         0.3 * codegen,
-        "estimate: a third of codegen time",
+        "a third of codegen time",
         "slightly slower generated code (debug builds rarely care)",
         full_rebuild=True,
     )
@@ -301,7 +306,7 @@ def incremental_on(ctx: Context) -> dict[str, Any] | None:
         f"from scratch (median compile {secs(compile_s)})",
         {"file": _source_file(ctx, "incremental"), "remove": [["profile", "dev", "incremental"]]},
         0.5 * compile_s,
-        "estimate: half of compile time",
+        "half of compile time",
         "more disk use in target/",
         full_rebuild=True,
     )
@@ -329,8 +334,9 @@ def rust_analyzer_target_dir(ctx: Context) -> dict[str, Any] | None:
             "manual": 'set "rust-analyzer.cargo.targetDir": true (or your editor\'s equivalent)',
         },
         statistics.median(waited) * len(waited) / max(1, len(waits)),
-        "measured lock waits, averaged over the builds considered",
+        "the lock waits measured here, averaged over the builds considered",
         "rust-analyzer builds dependencies once more into its own directory (disk space)",
+        source="measured",
     )
 
 
@@ -364,8 +370,9 @@ def rerun_if_changed(ctx: Context) -> dict[str, Any] | None:
             "manual": 'print "cargo::rerun-if-changed=PATH" for exactly the inputs it reads',
         },
         cost,
-        "measured: the script's median run time",
+        "the script's median run time, measured here",
         "none, if the listed inputs are complete",
+        source="measured",
     )
 
 
@@ -395,8 +402,9 @@ def flags_mismatch(ctx: Context) -> dict[str, Any] | None:
             "target dir",
         },
         statistics.median(per_build) * len(hits) / max(1, len(ctx.incremental)),
-        "measured: time of the units rebuilt for flag changes",
+        "the time of the units rebuilt for flag changes, measured here",
         "none",
+        source="measured",
     )
 
 
@@ -415,7 +423,7 @@ def split_crate(ctx: Context) -> dict[str, Any] | None:
                 f"median {secs(wall)} rebuild, on the critical path in {len(fronts)} builds",
                 {"file": f"{name}/Cargo.toml", "manual": "move rarely edited modules to a crate"},
                 0.3 * front,
-                "estimate: a third of the crate's frontend, the part left unedited",
+                "a third of the crate's frontend, the part left unedited",
                 "more crates to maintain; cross-crate inlining needs #[inline]",
             )
     return None
@@ -433,7 +441,7 @@ def sccache(ctx: Context) -> dict[str, Any] | None:
         f"crates, which is all an edit rebuilds (median rebuild {secs(ctx.median('wall_s') or 0)})",
         {"file": "environment", "manual": "start rbd with RUSTC_WRAPPER= (keep sccache for CI)"},
         min(overhead, 0.05),
-        "estimate: sccache's per-invocation cost, at most 50 ms",
+        "sccache's per-invocation cost, at most 50 ms",
         "clean builds of dependencies are no longer shared through the cache",
     )
 
@@ -451,7 +459,7 @@ def cargo_check_loop(ctx: Context) -> dict[str, Any] | None:
         f"skips codegen and link ({secs(saved)} of the median successful rebuild)",
         {"file": "rbd.toml", "manual": 'command = "check" (and back to "build" to run it)'},
         saved * len(failed) / len(recent),
-        "estimate: codegen + link of a rebuild, for the share of builds that fail",
+        "codegen + link of a rebuild, for the share of builds that fail",
         "no binary to run until you switch back",
     )
 

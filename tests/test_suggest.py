@@ -138,6 +138,8 @@ def test_link_heavy_rebuilds_suggest_dependency_and_split_debuginfo() -> None:
     assert {"deps-no-debuginfo", "split-debuginfo"} <= set(found)
     done = environment(deps_debug=0, split_debuginfo="unpacked")
     assert not {"deps-no-debuginfo", "split-debuginfo"} & set(ids(suggest.Context(done, heavy)))
+    tiny = [build(i, 0.1, link=0.03) for i in range(1, 4)]  # 30%, but of nothing much
+    assert "deps-no-debuginfo" not in ids(suggest.Context(environment(), tiny))
     unmeasured = [build(i, 1.0, link=None) for i in range(1, 4)]
     assert "deps-no-debuginfo" not in ids(suggest.Context(environment(), unmeasured))
 
@@ -191,6 +193,7 @@ def test_units_rebuilt_every_time() -> None:
     found = {s["id"]: s for s in suggest.suggest(suggest.Context(environment(), builds, units))[0]}
     assert "3 of the last 4" in found["rerun-if-changed"]["evidence"]
     assert found["rerun-if-changed"]["expected"]["saves_s"] == pytest.approx(0.4)
+    assert found["rerun-if-changed"]["expected"]["source"] == "measured"
     assert "rustflags" in found["flags-mismatch"]["evidence"]
     rare = {1: [script], 2: [], 3: [], 4: []}
     quiet = ids(suggest.Context(environment(), builds, rare))
