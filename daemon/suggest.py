@@ -517,6 +517,6 @@ def suggest(ctx: Context) -> tuple[list[dict[str, Any]], str | None]:
         hint = (
             f"{len(ctx.incremental)} incremental rebuild(s) recorded; most rules need "
             f"{MIN_BUILDS}. Save a file in the project a few times (rbd rebuilds on every "
-            "save), or run `rbd bench`."
+            "save), then ask again."
         )
     return found, hint
