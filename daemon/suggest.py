@@ -203,37 +203,47 @@ def _linker_change(ctx: Context, flag: str) -> dict[str, Any]:
     }
 
 
-def linker_lld(ctx: Context) -> dict[str, Any] | None:
+def _instead_of_gnu_ld(
+    ctx: Context, id: str, name: str, program: str, fraction: float, basis: str, tradeoffs: str
+) -> dict[str, Any] | None:
+    """A linker switch, when binaries were linked by GNU ld/gold, link is a real share
+    of the rebuild, and the replacement (program) is installed."""
     found = share_text(ctx, "link_s", "link")
-    slow = ctx.linkers_seen() & {"bfd", "gold"}
+    slow = sorted(ctx.linkers_seen() & {"bfd", "gold"})
     if found is None or not slow or found[0] / found[1] < SHARE:
         return None
-    if not (ctx.env.get("linkers") or {}).get("ld.lld"):
+    if not (ctx.env.get("linkers") or {}).get(program):
         return None
     return suggestion(
+        id,
+        f"Link with {name} instead of GNU " + "/".join(slow),
+        found[2] + f"; the binaries were linked by {', '.join(slow)}",
+        _linker_change(ctx, f"link-arg=-fuse-ld={name}"),
+        found[0] * fraction,
+        basis,
+        tradeoffs,
+    )
+
+
+def linker_lld(ctx: Context) -> dict[str, Any] | None:
+    return _instead_of_gnu_ld(
+        ctx,
         "linker-lld",
-        "Link with lld instead of GNU " + "/".join(sorted(slow)),
-        found[2] + f"; the binaries were linked by {', '.join(sorted(slow))}",
-        _linker_change(ctx, "link-arg=-fuse-ld=lld"),
-        found[0] / 3,
+        "lld",
+        "ld.lld",
+        1 / 3,
         "a third of link time: GNU ld was about 1.5x slower than lld (rustc 1.95)",
         "none for debug builds",
     )
 
 
 def linker_mold(ctx: Context) -> dict[str, Any] | None:
-    found = share_text(ctx, "link_s", "link")
-    slow = ctx.linkers_seen() & {"bfd", "gold"}
-    if found is None or not slow or found[0] / found[1] < SHARE:
-        return None
-    if not (ctx.env.get("linkers") or {}).get("mold"):
-        return None
-    return suggestion(
+    return _instead_of_gnu_ld(
+        ctx,
         "linker-mold",
-        "Link with mold instead of GNU " + "/".join(sorted(slow)),
-        found[2] + f"; the binaries were linked by {', '.join(sorted(slow))}",
-        _linker_change(ctx, "link-arg=-fuse-ld=mold"),
-        found[0] / 2,
+        "mold",
+        "mold",
+        1 / 2,
         "half of link time against GNU ld (mold was no faster than rust-lld)",
         "mold is Linux-only; the config applies to this host triple only",
     )
