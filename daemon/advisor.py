@@ -24,7 +24,7 @@ async def context(store: AsyncStore, root: str, env: dict[str, str]) -> suggest.
     builds = await store.call(store.sync.history, root, suggest.WINDOW)
     units = await store.call(store.sync.units_of, [int(b["id"]) for b in builds])
     environment = await probe.probe(Path(root), env)
-    return suggest.Context(environment, builds, units)
+    return suggest.Context(environment, builds, units, root=root)
 
 
 async def suggestions(store: AsyncStore, root: str, env: dict[str, str]) -> dict[str, Any]:

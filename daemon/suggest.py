@@ -23,7 +23,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
 WINDOW = 20
@@ -39,6 +39,8 @@ class Context:
     env: dict[str, Any]
     builds: list[dict[str, Any]]  # newest first, finished builds of the project
     units: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    # The workspace root: a profile value's source is a file in it, or elsewhere.
+    root: str = ""
 
     @property
     def incremental(self) -> list[dict[str, Any]]:
@@ -294,10 +296,7 @@ def codegen_units_default(ctx: Context) -> dict[str, Any] | None:
         "Restore the default codegen-units (256) for dev builds",
         f"the dev profile sets codegen-units = {units}; codegen parallelism and incremental "
         f"reuse suffer; median compile {secs(codegen)}",
-        {
-            "file": _source_file(ctx, "codegen_units"),
-            "remove": [["profile", "dev", "codegen-units"]],
-        },
+        _profile_edit(ctx, "codegen_units", {"remove": [["profile", "dev", "codegen-units"]]}),
         0.3 * codegen,
         "a third of codegen time",
         "slightly slower generated code (debug builds rarely care)",
@@ -314,7 +313,12 @@ def incremental_on(ctx: Context) -> dict[str, Any] | None:
         "Turn incremental compilation back on",
         f"the dev profile sets incremental = false; every rebuild compiles the edited crate "
         f"from scratch (median compile {secs(compile_s)})",
-        {"file": _source_file(ctx, "incremental"), "remove": [["profile", "dev", "incremental"]]},
+        # build.incremental overrides every profile: both go.
+        _profile_edit(
+            ctx,
+            "incremental",
+            {"remove": [["profile", "dev", "incremental"], ["build", "incremental"]]},
+        ),
         0.5 * compile_s,
         "half of compile time",
         "more disk use in target/",
@@ -322,9 +326,24 @@ def incremental_on(ctx: Context) -> dict[str, Any] | None:
     )
 
 
-def _source_file(ctx: Context, key: str) -> str:
-    source = str((ctx.profile.get("sources") or {}).get(key) or "Cargo.toml")
-    return ".cargo/config.toml" if ".cargo" in source else "Cargo.toml"
+def _profile_edit(ctx: Context, key: str, edit: dict[str, Any]) -> dict[str, Any]:
+    """edit, aimed where the profile value came from (the probe's "sources"): the
+    project's Cargo.toml or .cargo/config.toml. A value from the environment or a
+    file outside the project is for the user to change where it is set; a set
+    into the project's own .cargo/config.toml overrides a farther file."""
+    source = str((ctx.profile.get("sources") or {}).get(key) or "default")
+    root = Path(ctx.root)
+    if source in ("default", str(root / "Cargo.toml")):
+        return {"file": "Cargo.toml", **edit}
+    if source == str(root / ".cargo" / "config.toml") or (
+        "/" in source and "set" in edit and not (root / ".cargo" / "config").exists()
+    ):
+        return {"file": ".cargo/config.toml", **edit}
+    if "/" not in source:
+        return {"file": "environment", "manual": f"unset {source} where rbd start runs"}
+    keys = edit.get("remove") or [entry["key"] for entry in edit.get("set", [])]
+    dotted = ", ".join(".".join(k) for k in keys)
+    return {"file": source, "manual": f"change {dotted} there"}
 
 
 def rust_analyzer_target_dir(ctx: Context) -> dict[str, Any] | None:
@@ -488,10 +507,11 @@ def deps_opt_level(ctx: Context) -> dict[str, Any] | None:
         f"Optimize dependencies at opt-level 1, not {level}",
         f"dependencies are built at opt-level {level}; build #{worst['id']} rebuilt "
         f"{worst['units_rebuilt']} units in {secs(float(worst['wall_s']))}",
-        {
-            "file": _source_file(ctx, "deps_opt_level"),
-            "set": [{"key": ["profile", "dev", "package", "*", "opt-level"], "value": 1}],
-        },
+        _profile_edit(
+            ctx,
+            "deps_opt_level",
+            {"set": [{"key": ["profile", "dev", "package", "*", "opt-level"], "value": 1}]},
+        ),
         0.0,
         "no effect on an edit's rebuild; dependency rebuilds (updates, clean builds) get faster",
         "dependency code runs somewhat slower in dev builds",

@@ -162,11 +162,26 @@ def test_cranelift_needs_a_codegen_heavy_rebuild_and_says_how_to_get_nightly() -
 
 def test_profile_settings_off_their_defaults() -> None:
     builds = [build(i, codegen=0.3) for i in range(1, 4)]
-    odd = environment(codegen_units=1, incremental=False, sources={"incremental": "x/.cargo/c"})
-    found = {s["id"]: s for s in suggest.suggest(suggest.Context(odd, builds))[0]}
+    odd = environment(
+        codegen_units=1, incremental=False, sources={"incremental": "/p/.cargo/config.toml"}
+    )
+    found = {s["id"]: s for s in suggest.suggest(suggest.Context(odd, builds, root="/p"))[0]}
     units_change = found["codegen-units-default"]["change"]
     assert units_change == {"file": "Cargo.toml", "remove": [["profile", "dev", "codegen-units"]]}
     assert found["incremental-on"]["change"]["file"] == ".cargo/config.toml"
+    # Set in the environment or in a file outside the project: changed where it is set.
+    elsewhere = environment(
+        codegen_units=1,
+        incremental=False,
+        sources={"incremental": "CARGO_INCREMENTAL", "codegen_units": "/home/me/.cargo/c.toml"},
+    )
+    found = {s["id"]: s for s in suggest.suggest(suggest.Context(elsewhere, builds, root="/p"))[0]}
+    assert found["incremental-on"]["change"] == {
+        "file": "environment",
+        "manual": "unset CARGO_INCREMENTAL where rbd start runs",
+    }
+    assert found["codegen-units-default"]["change"]["file"] == "/home/me/.cargo/c.toml"
+    assert "profile.dev.codegen-units" in found["codegen-units-default"]["change"]["manual"]
     assert not {"codegen-units-default", "incremental-on"} & set(
         ids(suggest.Context(environment(), builds))
     )
