@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import structlog
 
 from daemon import probe, suggest, tune
@@ -93,16 +94,22 @@ async def revert(
     if record["reverted_at"] is not None:
         raise NotFound(f"tune #{record['id']} was already reverted at {record['reverted_at']}")
     edits = [tune.FileEdit(Path(p), before, after, "") for p, before, after in record["files"]]
-    # Every file is checked before any is touched: a conflict leaves all of them alone.
-    # A file already back to its old content (reverted by hand) is no conflict.
-    changed = [str(e.path) for e in edits if _current(e.path) not in (e.after, e.before)]
-    if changed and not force:
-        raise TuneConflict(
-            f"{', '.join(changed)} changed since tune #{record['id']} was applied; reverting "
-            "would lose those edits (`rbd tune revert --force` reverts anyway)"
-        )
-    for edit in edits:
-        tune.revert(edit, force=True)
+
+    def restore() -> list[str]:
+        # Every file is checked before any is touched: a conflict leaves all of them alone.
+        # A file already back to its old content (reverted by hand) is no conflict.
+        changed = [str(e.path) for e in edits if _current(e.path) not in (e.after, e.before)]
+        if changed and not force:
+            raise TuneConflict(
+                f"{', '.join(changed)} changed since tune #{record['id']} was applied; "
+                "reverting would lose those edits (`rbd tune revert --force` reverts anyway)"
+            )
+        for edit in edits:
+            tune.revert(edit, force=True)
+        return changed
+
+    # File reads and writes stay off the event loop.
+    changed = await anyio.to_thread.run_sync(restore)
     await store.call(store.sync.mark_reverted, int(record["id"]))
     log.info("tune_reverted", root=root, tune_id=record["id"], forced=bool(changed))
     return {
