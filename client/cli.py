@@ -188,7 +188,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_suggest(args: argparse.Namespace) -> int:
     with Connection.open() as conn:
         reply = conn.request(protocol.SUGGEST, path=_dir(args.dir), env=dict(os.environ))
-    data = {k: reply[k] for k in ("project", "environment", "builds_considered", "suggestions")}
+    keys = ("project", "environment", "builds_considered", "suggestions", "withdrawn", "bench")
+    data = {k: reply.get(k) for k in keys}
     data["hint"] = reply.get("hint")
     if args.json:
         _print_json(data)
@@ -254,6 +255,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
         raise RbdError(f"no log at {log_path} yet (has the daemon ever run?)") from None
     except KeyboardInterrupt:
         return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from client.benchcmd import cmd_bench
+
+    return cmd_bench(args)
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -323,6 +330,26 @@ def _parser() -> _Parser:
     p.add_argument("--dir", help="project (default: the one containing the current directory)")
     p.add_argument("--dry-run", action="store_true", help="show the diff, write nothing")
     p.add_argument("--force", action="store_true", help="revert even over later edits")
+    p = add(
+        "bench",
+        _cmd_bench,
+        "measure build configurations side by side on a copy of the project "
+        "(clean and incremental, interleaved, warm-ups not counted)",
+    )
+    p.add_argument("dir", nargs="?", help="project (default: the one containing the current dir)")
+    p.add_argument(
+        "--configs",
+        help="comma-separated configurations (default: all; unavailable ones say why), "
+        "e.g. default,mold,line-tables-only",
+    )
+    p.add_argument("--runs", type=int, default=6, help="counted runs per configuration (6)")
+    p.add_argument("--warmup", type=int, default=2, help="uncounted runs first (2)")
+    p.add_argument("--clean", action="store_true", help="clean builds only")
+    p.add_argument("--incremental", action="store_true", help="incremental rebuilds only")
+    p.add_argument("--edit", metavar="FILE", help="the source file incremental runs edit")
+    p.add_argument("--detach", action="store_true", help="start it and return (rbd tail)")
+    p.add_argument("--cancel", action="store_true", help="cancel the running bench")
+    p.add_argument("--foreground", action="store_true", help="run here, without the daemon")
     p = add("logs", cmd_logs, "print the daemon's log path", json_flag=False)
     p.add_argument("-f", "--follow", action="store_true", help="follow the log")
     p = add(

@@ -42,9 +42,11 @@ SUBSCRIBE = "subscribe"
 SUGGEST = "suggest"
 TUNE_APPLY = "tune_apply"
 TUNE_REVERT = "tune_revert"
+BENCH = "bench"
+BENCH_CANCEL = "bench_cancel"
 OPS = frozenset(
     {HELLO, STATUS, START, STOP, SHUTDOWN, HISTORY, SHOW, SUBSCRIBE}
-    | {SUGGEST, TUNE_APPLY, TUNE_REVERT}
+    | {SUGGEST, TUNE_APPLY, TUNE_REVERT, BENCH, BENCH_CANCEL}
 )
 
 # Events.
@@ -53,6 +55,11 @@ BUILD_PROGRESS = "build_progress"
 UNIT_FINISHED = "unit_finished"
 BUILD_FINISHED = "build_finished"
 PROJECT_STATE = "project_state"
+# `rbd bench` as a daemon job: started, one per build (counted or warm-up), finished
+# (with the report, or "cancelled" / "error").
+BENCH_STARTED = "bench_started"
+BENCH_PROGRESS = "bench_progress"
+BENCH_FINISHED = "bench_finished"
 
 # Error codes.
 BAD_REQUEST = "bad_request"
@@ -70,11 +77,14 @@ BAD_CONFIG = "bad_config"
 CONFLICT = "conflict"
 # A build configuration this machine cannot build (cranelift without nightly...).
 UNAVAILABLE = "unavailable"
+# One bench at a time: two would measure each other.
+BUSY = "busy"
+CANCELLED = "cancelled"
 INTERNAL = "internal"
 
 # Build outcomes and project states.
 OUTCOMES = ("success", "failure", "cancelled", "interrupted", "timeout")
-STATES = ("idle", "settling", "waiting", "building", "gone")
+STATES = ("idle", "settling", "waiting", "building", "paused", "gone")
 
 # The phase keys of a build summary, in display order. A phase rbd could not
 # measure is null, never estimated.

@@ -16,6 +16,7 @@ from anyio.abc import SocketStream
 import client
 from client import paths, protocol
 from daemon import procs, server
+from daemon.benchjob import BenchJob
 from daemon.errors import DaemonError, NotWatched, StoreError
 from daemon.events import EventHub
 from daemon.projects import Registry
@@ -31,6 +32,9 @@ class Daemon:
         self.hub = EventHub()
         self.shims = Shims(Path(paths.cache_dir()))
         self.registry: Registry
+        # Jobs that outlive the request that started them (a bench).
+        self.tasks: anyio.abc.TaskGroup
+        self.bench: BenchJob | None = None
         self.started = time.monotonic()
         self.socket_path = paths.socket_path()
         self._shutdown = anyio.Event()
@@ -117,6 +121,7 @@ class Daemon:
         os.chmod(self.socket_path, 0o600)
         async with anyio.create_task_group() as tg:
             self.registry = Registry(self.store, self.hub, tg, self.shims)
+            self.tasks = tg
             tg.start_soon(self._signals)
             try:
                 await self._resume()

@@ -11,6 +11,8 @@
     │   └── TuneRejected    a tuning change cargo does not accept (rolled back)
     ├── TuneConflict        a tuned file changed since; code `conflict`
     ├── Unavailable         a build configuration this machine lacks; code `unavailable`
+    ├── Busy                a bench is running already; code `busy`
+    ├── BenchCancelled      the bench was cancelled before it finished; code `cancelled`
     └── StoreError          the SQLite store failed; builds go on, status reports it
 
 Everything else reaching the server's boundary is logged and answered as `internal`.
@@ -63,6 +65,14 @@ class TuneConflict(DaemonError):
 
 class Unavailable(DaemonError):
     code = protocol.UNAVAILABLE
+
+
+class Busy(DaemonError):
+    code = protocol.BUSY
+
+
+class BenchCancelled(DaemonError):
+    code = protocol.CANCELLED
 
 
 class StoreError(DaemonError):

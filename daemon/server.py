@@ -20,7 +20,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from client import protocol
 from client.errors import ProtocolError
-from daemon import advisor
+from daemon import advisor, bench, benchjob
 from daemon.errors import DaemonError, NotFound, NotWatched
 from daemon.events import Subscription
 from daemon.runtime import peer_uid
@@ -277,7 +277,35 @@ async def _tune_revert(connection: Connection, request: dict[str, Any]) -> dict[
     return await advisor.revert(connection.daemon.store, root, tune_id, force)
 
 
+async def _bench(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
+    path = _arg(request, "path", str)
+    if path is None:
+        raise ValueError("'path' is required")
+    names = _arg(request, "configs", list)
+    modes = _arg(request, "modes", list, list(bench.MODES))
+    if not all(isinstance(n, str) for n in [*(names or []), *modes]):
+        raise ValueError("'configs' and 'modes' must be lists of strings")
+    env = _arg(request, "env", dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ValueError("'env' must map strings to strings")
+    options = bench.Options(
+        configs=tuple(names) if names is not None else None,
+        runs=_arg(request, "runs", int, 6),
+        warmup=_arg(request, "warmup", int, 2),
+        modes=tuple(modes),
+        edit=_arg(request, "edit", str),
+    ).check()
+    detach = _arg(request, "detach", bool, False)
+    return await benchjob.start(connection.daemon, path, env, options, detach)
+
+
+async def _bench_cancel(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
+    return benchjob.cancel(connection.daemon, _arg(request, "path", str))
+
+
 HANDLERS: dict[str, Handler] = {
+    protocol.BENCH: _bench,
+    protocol.BENCH_CANCEL: _bench_cancel,
     protocol.SUGGEST: _suggest,
     protocol.TUNE_APPLY: _tune_apply,
     protocol.TUNE_REVERT: _tune_revert,

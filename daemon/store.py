@@ -100,6 +100,16 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (tune_id, seq)
     );
     """,
+    # 5: `rbd bench` reports, the evidence `rbd suggest` cites.
+    """
+    CREATE TABLE benches (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project TEXT NOT NULL,
+        finished_at TEXT NOT NULL,
+        report TEXT NOT NULL
+    );
+    CREATE INDEX benches_by_project ON benches (project, id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -353,6 +363,32 @@ class Store:
     def mark_reverted(self, tune_id: int) -> None:
         with self._transaction() as db:
             db.execute("UPDATE tunes SET reverted_at = ? WHERE id = ?", (now_iso(), tune_id))
+
+    # Benches -----------------------------------------------------------------
+
+    def record_bench(self, project: str, report: dict[str, Any]) -> int:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO benches (project, finished_at, report) VALUES (?, ?, ?)",
+                (project, now_iso(), json.dumps(report)),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def latest_bench(self, project: str) -> dict[str, Any] | None:
+        row = self._db.execute(
+            "SELECT id, report FROM benches WHERE project = ? ORDER BY id DESC LIMIT 1",
+            (project,),
+        ).fetchone()
+        return None if row is None else {**json.loads(row["report"]), "id": row["id"]}
+
+    def recent_triggers(self, project: str, limit: int) -> list[list[str]]:
+        """The changed paths of the project's latest builds (what its developer edits)."""
+        rows = self._db.execute(
+            "SELECT trigger FROM builds WHERE project = ? ORDER BY id DESC LIMIT ?",
+            (project, limit),
+        ).fetchall()
+        return [json.loads(row[0]) for row in rows]
 
     def known_projects(self) -> list[str]:
         rows = self._db.execute("SELECT DISTINCT project FROM builds").fetchall()

@@ -1,0 +1,127 @@
+"""`rbd bench`: a daemon job by default (progress from its events, Ctrl-C cancels it),
+`--detach` to leave it running, `--cancel` to stop one, `--foreground` to run it in
+this process without a daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from client import benchtable, protocol
+from client.connection import Connection
+from client.errors import RbdError, RequestFailed, UsageError
+
+# `import typing` costs ~2 ms of the client's start; mypy honours this name all the same.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
+# A bench of a big project runs for many minutes; only the daemon's absence ends the wait.
+WAIT_TICK_S = 1.0
+
+
+def request_args(args: argparse.Namespace) -> dict[str, Any]:
+    modes = [m for m, on in (("clean", args.clean), ("incremental", args.incremental)) if on]
+    names = None
+    if args.configs is not None:
+        names = [n.strip() for n in args.configs.split(",") if n.strip()]
+        if not names:
+            raise UsageError("rbd bench: --configs names no configuration")
+    return {
+        "path": os.path.abspath(args.dir or os.getcwd()),
+        "configs": names,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "modes": modes or ["clean", "incremental"],
+        "edit": os.path.abspath(args.edit) if args.edit else None,
+        "env": dict(os.environ),
+    }
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    request = request_args(args)
+    if args.cancel:
+        with Connection.open() as conn:
+            reply = conn.request(protocol.BENCH_CANCEL, path=request["path"])
+        if not reply["cancelled"]:
+            raise RbdError("no bench of this project is running")
+        print(f"rbd: cancelled the bench of {reply['project']}")
+        return 0
+    live = sys.stderr.isatty() and not args.json
+    report = (
+        _foreground(request, live) if args.foreground else _daemon_job(request, live, args.detach)
+    )
+    if report is None:
+        return 0
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print(benchtable.table(report))
+    return 0
+
+
+def _show_progress(event: dict[str, Any], live: bool) -> None:
+    if live and event.get("event") == protocol.BENCH_PROGRESS:
+        print("\r\033[K" + benchtable.progress(event), end="", file=sys.stderr, flush=True)
+
+
+def _daemon_job(request: dict[str, Any], live: bool, detach: bool) -> dict[str, Any] | None:
+    from client.spawn import connect_or_spawn
+
+    with connect_or_spawn() as conn:
+        if detach:
+            reply = conn.request(protocol.BENCH, detach=True, **request)
+            print(f"rbd: bench of {reply['project']} started; `rbd tail` follows it")
+            return None
+        # Every project's events: this one may not be watched, and the daemon runs one
+        # bench at a time, so any bench progress is this bench's.
+        conn.request(protocol.SUBSCRIBE)
+        request_id = conn.send(protocol.BENCH, **request)
+        try:
+            while True:
+                message = conn.poll(WAIT_TICK_S)
+                if message is None:
+                    continue
+                if "event" in message:
+                    _show_progress(message, live)
+                elif message.get("id") == request_id:
+                    break
+        except KeyboardInterrupt:
+            with Connection.open() as other:
+                other.request(protocol.BENCH_CANCEL, path=request["path"])
+            raise RbdError("bench cancelled; nothing was recorded") from None
+        finally:
+            if live:
+                print("\r\033[K", end="", file=sys.stderr, flush=True)
+    if message.get("ok") is not True:
+        error = message.get("error") or {}
+        raise RequestFailed(str(error.get("code")), str(error.get("message")))
+    report: dict[str, Any] = message["report"]
+    return report
+
+
+def _foreground(request: dict[str, Any], live: bool) -> dict[str, Any]:
+    # The daemon's modules (anyio, structlog...) are loaded on this path only.
+    from daemon import benchjob
+    from daemon.bench import Options
+    from daemon.errors import DaemonError
+
+    try:
+        options = Options(
+            configs=tuple(request["configs"]) if request["configs"] else None,
+            runs=request["runs"],
+            warmup=request["warmup"],
+            modes=tuple(request["modes"]),
+            edit=request["edit"],
+        )
+        report = benchjob.run_foreground(
+            request["path"], request["env"], options, lambda e: _show_progress(e, live)
+        )
+    except DaemonError as exc:
+        raise RbdError(str(exc)) from None
+    finally:
+        if live:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+    return report

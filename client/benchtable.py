@@ -1,0 +1,120 @@
+"""`rbd bench`'s output: one table per mode, and the progress line while it runs."""
+
+from __future__ import annotations
+
+from client.render import seconds
+
+# `import typing` costs ~2 ms of the client's start; mypy honours this name all the same.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+MODE_TITLES = {
+    "clean": "clean build (cargo clean first)",
+    "incremental": "incremental rebuild after an edit of {file} ({kind})",
+}
+COLUMNS = ("config", "mean", "σ", "min", "median", "Δ median", "Δ%", "compile", "link", "")
+
+
+def table(report: dict[str, Any]) -> str:
+    edit = report.get("edit") or {}
+    lines = [
+        f"rbd bench {report['project']}",
+        f"{report['runs']} counted runs per configuration after {report['warmup']} warm-up, "
+        f"interleaved; Δ against {report.get('baseline', 'default')}",
+    ]
+    modes = list(dict.fromkeys(r["mode"] for r in report["results"]))
+    for mode in modes:
+        rows = [r for r in report["results"] if r["mode"] == mode]
+        title = MODE_TITLES.get(mode, mode).format(
+            file=edit.get("file", "?"), kind=edit.get("kind", "?")
+        )
+        lines += ["", title, *_grid([_cells(r) for r in rows])]
+        best = _best(rows)
+        if best is not None:
+            lines.append(f"fastest: {best['config']} ({_pct(best['delta_pct'])} {mode})")
+    noisy = [r for r in report["results"] if r.get("noisy")]
+    if noisy:
+        lines += ["", "~ noisy: σ above 10% of the mean; more --runs or a quieter machine help"]
+    lines.append("compile = frontend + codegen of the median run's critical path; link measured")
+    return "\n".join(lines)
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    if not row["available"] or row["median_s"] is None:
+        why = row.get("reason") or "not measured"
+        label = "unavailable" if not row["available"] else "failed"
+        return [row["config"], f"{label}: {why}"]
+    phases = row.get("phases") or {}
+    return [
+        row["config"],
+        seconds(row["mean_s"]),
+        seconds(row["stddev_s"]),
+        seconds(row["min_s"]),
+        seconds(row["median_s"]),
+        _signed(row["delta_s"]),
+        _pct(row["delta_pct"]),
+        _split(phases),
+        seconds(phases.get("link_s")),
+        "~ noisy" if row.get("noisy") else "",
+    ]
+
+
+def _split(phases: dict[str, Any]) -> str:
+    compile_s = phases.get("compile_s")
+    front, codegen = phases.get("frontend_s"), phases.get("codegen_s")
+    if front is None or codegen is None:
+        return seconds(compile_s)
+    return f"{seconds(compile_s)} ({seconds(front)}+{seconds(codegen)})"
+
+
+def _signed(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if abs(value) < 0.0005:
+        return "±0"
+    return ("+" if value > 0 else "−") + seconds(abs(value))
+
+
+def _pct(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value == 0:
+        return "±0%"
+    return f"{'+' if value > 0 else '−'}{abs(value):.1f}%"
+
+
+def _best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The fastest configuration, if it beat the baseline by more than either's spread."""
+    base = next((r for r in rows if r.get("delta_s") == 0 and r.get("median_s")), None)
+    measured = [r for r in rows if r.get("median_s") is not None and r.get("delta_s")]
+    best = min(measured, key=lambda r: r["median_s"], default=None)
+    if base is None or best is None:
+        return None
+    spread = max(base.get("stddev_s") or 0.0, best.get("stddev_s") or 0.0)
+    return best if -best["delta_s"] > spread else None
+
+
+def _grid(rows: list[list[str]]) -> list[str]:
+    full = [r for r in rows if len(r) == len(COLUMNS)]
+    widths = [max(len(c) for c in col) for col in zip(COLUMNS, *full, strict=False)]
+
+    def line(cells: list[str]) -> str:
+        if len(cells) != len(COLUMNS):
+            return f"{cells[0]:<{widths[0]}}  {cells[1]}"
+        out = [f"{cells[0]:<{widths[0]}}"]
+        out += [f"{c:>{w}}" for c, w in zip(cells[1:-1], widths[1:-1], strict=True)]
+        return "  ".join([*out, cells[-1]]).rstrip()
+
+    return [line(list(COLUMNS)), *(line(r) for r in rows)]
+
+
+def progress(event: dict[str, Any], width: int = 24) -> str:
+    done, total = int(event.get("done") or 0), int(event.get("total") or 0)
+    filled = width * done // total if total else 0
+    bar = "█" * filled + "·" * (width - filled)
+    what = "" if event.get("counted") else " (warm-up)"
+    return (
+        f"bench [{bar}] {done}/{total}  {event.get('mode', '')} {event.get('config', '')}"
+        f"{what} {seconds(event.get('wall_s'))}"
+    )

@@ -1,0 +1,238 @@
+"""`rbd bench` end to end: the real daemon, real cargo, tiny crates."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from client import protocol
+from client.errors import RequestFailed
+from tests.conftest import WAIT_S, Rbd, make_crate
+
+RESULT_KEYS = {
+    "config",
+    "mode",
+    "available",
+    "reason",
+    "mean_s",
+    "stddev_s",
+    "min_s",
+    "median_s",
+    "delta_s",
+    "delta_pct",
+    "noisy",
+    "phases",
+}
+SLOW_BUILD_RS = "fn main() { std::thread::sleep(std::time::Duration::from_secs(120)); }\n"
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file of the project outside its target dir."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "target" not in p.relative_to(root).parts
+    }
+
+
+def bench_json(rbd: Rbd, crate: Path, *args: str, timeout: float = 120) -> dict[str, Any]:
+    done = rbd.run("bench", "--json", *args, cwd=crate, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def test_bench_measures_both_modes_and_leaves_the_project_alone(rbd: Rbd, tmp_path: Path) -> None:
+    crate = make_crate(tmp_path / "demo")
+    before = snapshot(crate)
+    configs = "default,line-tables-only,cranelift"
+    report = bench_json(rbd, crate, "--configs", configs, "--runs", "2", "--warmup", "1")
+
+    assert report["project"] == str(crate.resolve())
+    assert (report["runs"], report["warmup"]) == (2, 1)
+    assert report["edit"] == {"file": "src/main.rs", "kind": "string"}
+    rows = {(r["config"], r["mode"]): r for r in report["results"]}
+    assert set(rows) == {(c, m) for c in configs.split(",") for m in ("clean", "incremental")}
+    for row in report["results"]:
+        assert set(row) >= RESULT_KEYS
+        if row["config"] == "cranelift" and not row["available"]:
+            assert "nightly" in row["reason"] and row["median_s"] is None
+            continue
+        assert row["available"] and row["reason"] is None
+        assert len(row["runs_s"]) == 2 and row["min_s"] == min(row["runs_s"])
+        assert row["min_s"] <= row["median_s"] and row["stddev_s"] >= 0
+        assert isinstance(row["noisy"], bool)
+        # The median run's phases, as rbd measures any build: the bin links.
+        assert row["phases"]["compile_s"] > 0 and row["phases"]["link_s"] > 0
+    for mode in ("clean", "incremental"):
+        assert rows[("default", mode)]["delta_s"] == 0
+        lt, base = rows[("line-tables-only", mode)], rows[("default", mode)]
+        assert lt["delta_s"] == pytest.approx(lt["median_s"] - base["median_s"], abs=1e-3)
+
+    # Nothing of the user's changed; bench built only under target/rbd/bench.
+    assert snapshot(crate) == before
+    assert sorted(os.listdir(crate / "target")) == ["rbd"]
+    assert sorted(os.listdir(crate / "target" / "rbd" / "bench")) == [
+        "default",
+        "line-tables-only",
+        "src",
+    ]
+    # Stored as evidence, and not mistaken for the project's own builds.
+    with sqlite3.connect(rbd.store) as db:
+        (stored,) = db.execute("SELECT report FROM benches").fetchone()
+        assert db.execute("SELECT count(*) FROM builds").fetchone() == (0,)
+    assert json.loads(stored)["results"] == report["results"]
+
+
+def test_table_output_names_every_configuration(rbd: Rbd, tmp_path: Path) -> None:
+    crate = make_crate(tmp_path / "demo")
+    done = rbd.run(
+        "bench", "--incremental", "--configs", "default,cranelift", "--runs", "1",
+        "--warmup", "0", cwd=crate, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "incremental rebuild after an edit of src/main.rs (string)" in done.stdout
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("default ") and " ms" in line for line in lines)
+    assert any(line.startswith("cranelift ") for line in lines)
+    assert "clean build" not in done.stdout
+
+
+def test_watched_builds_wait_for_the_bench_and_suggest_cites_it(rbd: Rbd, tmp_path: Path) -> None:
+    crate = make_crate(tmp_path / "demo")
+    rbd.start_daemon()
+    events = rbd.events()
+    rbd.ok("start", cwd=crate)
+    events.finished()
+    main = crate / "src" / "main.rs"
+    for i in range(3):
+        main.write_text(f'fn main() {{ println!("edit {i}"); }}\n')
+        events.finished()
+
+    rbd.ok(
+        "bench", "--detach", "--incremental", "--configs", "default,line-tables-only",
+        "--runs", "3", "--warmup", "1", cwd=crate,
+    )  # fmt: skip
+    events.wait_for(lambda e: e.get("event") == protocol.BENCH_STARTED)
+    main.write_text('fn main() { println!("saved during the bench"); }\n')
+    finished = events.wait_for(lambda e: e.get("event") == protocol.BENCH_FINISHED, timeout=120)
+    build = events.finished()
+    assert build["trigger"] == ["src/main.rs"]
+    names = [e.get("event") for e in events.seen]
+    start, end = names.index(protocol.BENCH_STARTED), names.index(protocol.BENCH_FINISHED)
+    assert protocol.BUILD_STARTED not in names[start:end], "a watcher build ran during the bench"
+    progress = [e for e in events.seen[start:end] if e.get("event") == protocol.BENCH_PROGRESS]
+    # 2 configurations x (1 priming build + 1 warm-up + 3 counted runs).
+    assert len(progress) == 10, (names, finished["report"]["results"])
+    assert progress[-1]["done"] == progress[-1]["total"] == 10
+    assert sum(e["counted"] for e in progress) == 6
+    # The user's save is what the watcher built, untouched by the bench's edits.
+    assert main.read_text() == 'fn main() { println!("saved during the bench"); }\n'
+
+    bench_id = finished["report"]["id"]
+    suggested = json.loads(rbd.ok("suggest", "--json", cwd=crate))
+    assert suggested["bench"]["id"] == bench_id
+    cited = [s for s in suggested["suggestions"] if s["id"] == "debuginfo-line-tables"]
+    withdrawn = [w for w in suggested["withdrawn"] if w["id"] == "debuginfo-line-tables"]
+    assert len(cited) + len(withdrawn) == 1, "the debuginfo rule fires on full debuginfo"
+    if cited:
+        assert cited[0]["expected"]["source"] == "measured"
+        assert f"rbd bench #{bench_id}" in cited[0]["expected"]["basis"]
+    else:
+        assert f"rbd bench #{bench_id}" in withdrawn[0]["reason"]
+
+
+def bench_processes(crate: Path) -> list[int]:
+    marker = str(crate / "target" / "rbd" / "bench").encode()
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if marker in f.read():
+                    found.append(int(name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def wait_until(check: Any, timeout: float = WAIT_S) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_cancel_stops_the_bench_and_its_processes(rbd: Rbd, tmp_path: Path) -> None:
+    crate = make_crate(tmp_path / "slow", "slow", {"build.rs": SLOW_BUILD_RS})
+    rbd.start_daemon()
+    events = rbd.events()
+    rbd.ok("bench", "--detach", "--clean", "--configs", "default", "--runs", "1", cwd=crate)
+    events.wait_for(lambda e: e.get("event") == protocol.BENCH_STARTED)
+    assert wait_until(lambda: bench_processes(crate)), "the build script never ran"
+
+    # One bench at a time: a second would measure the first.
+    with pytest.raises(RequestFailed) as busy:
+        rbd.request(protocol.BENCH, path=str(crate), configs=["default"], runs=1)
+    assert busy.value.code == protocol.BUSY
+
+    assert "cancelled the bench" in rbd.ok("bench", "--cancel", cwd=crate)
+    finished = events.wait_for(lambda e: e.get("event") == protocol.BENCH_FINISHED)
+    assert finished["code"] == protocol.CANCELLED and "report" not in finished
+    assert wait_until(lambda: not bench_processes(crate)), bench_processes(crate)
+    with sqlite3.connect(rbd.store) as db:
+        assert db.execute("SELECT count(*) FROM benches").fetchone() == (0,)
+    # Nothing to cancel now, and the daemon carries on.
+    done = rbd.run("bench", "--cancel", cwd=crate)
+    assert done.returncode == 1 and "no bench" in done.stderr
+    assert rbd.daemon_pid() > 0
+
+
+def test_foreground_bench_runs_without_a_daemon(rbd: Rbd, tmp_path: Path) -> None:
+    crate = make_crate(tmp_path / "demo")
+    report = bench_json(
+        rbd, crate, "--foreground", "--incremental", "--configs", "default", "--runs", "1",
+        "--warmup", "0",
+    )  # fmt: skip
+    (row,) = report["results"]
+    assert row["config"] == "default" and row["median_s"] > 0
+    assert not os.path.exists(rbd.socket), "a daemon was started"
+    with sqlite3.connect(rbd.store) as db:
+        assert db.execute("SELECT count(*) FROM benches").fetchone() == (1,)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--runs", "0"], "--runs must be between 1 and"),
+        (["--configs", "default,warp-drive"], "warp-drive"),
+        (["--edit", "/etc/hostname"], "not inside the project"),
+        (["--edit", "Cargo.toml"], "not a Rust source"),
+    ],
+)
+def test_bad_bench_requests_are_one_clear_line(
+    rbd: Rbd, tmp_path: Path, args: list[str], message: str
+) -> None:
+    crate = make_crate(tmp_path / "demo")
+    done = rbd.run("bench", *args, cwd=crate)
+    assert done.returncode == 1
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (crate / "target").exists()
+    assert rbd.daemon_pid() > 0
+
+
+def test_bench_outside_a_cargo_project_and_bad_usage(rbd: Rbd, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = rbd.run("bench", cwd=empty)
+    assert done.returncode == 1 and "Cargo.toml" in done.stderr
+    done = rbd.run("bench", "--configs", ",", cwd=empty)
+    assert done.returncode == 2 and "names no configuration" in done.stderr
