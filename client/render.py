@@ -299,7 +299,8 @@ def suggestions(data: dict[str, Any]) -> str:
         f"  dev        debug={profile.get('debug')} deps debug={profile.get('deps_debug')} "
         f"opt-level={profile.get('opt_level')} deps opt-level={profile.get('deps_opt_level')} "
         f"codegen-units={profile.get('codegen_units')} incremental={profile.get('incremental')}",
-        f"  evidence   {data.get('builds_considered', 0)} incremental rebuilds",
+        f"  evidence   {data.get('builds_considered', 0)} incremental rebuilds"
+        + (f"; rbd bench #{data['bench']['id']}" if data.get("bench") else "; no rbd bench yet"),
     ]
     if data.get("hint"):
         lines += ["", data["hint"]]
@@ -325,6 +326,8 @@ def suggestions(data: dict[str, Any]) -> str:
         ]
         if "manual" not in change:
             lines.append(f"   apply     rbd tune apply {item['id']}")
+    for item in data.get("withdrawn") or []:
+        lines += ["", f"not suggested: {item['id']}: {item['reason']}"]
     return "\n".join(lines)
 
 

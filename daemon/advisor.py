@@ -14,7 +14,7 @@ from typing import Any
 import anyio.to_thread
 import structlog
 
-from daemon import probe, suggest, tune
+from daemon import evidence, probe, suggest, tune
 from daemon.errors import ConfigError, NotFound, TuneConflict
 from daemon.store import AsyncStore
 
@@ -31,11 +31,15 @@ async def context(store: AsyncStore, root: str, env: dict[str, str]) -> suggest.
 async def suggestions(store: AsyncStore, root: str, env: dict[str, str]) -> dict[str, Any]:
     ctx = await context(store, root, env)
     found, hint = suggest.suggest(ctx)
+    bench = await store.call(store.sync.latest_bench, root)
+    found, withdrawn = evidence.cite(found, bench)
     return {
         "project": root,
         "environment": ctx.env,
         "builds_considered": len(ctx.incremental),
         "suggestions": found,
+        "withdrawn": withdrawn,
+        "bench": None if bench is None else {"id": bench["id"], "at": bench.get("finished_at")},
         "hint": hint,
     }
 

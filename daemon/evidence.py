@@ -1,0 +1,72 @@
+"""`rbd bench` results as the evidence of `rbd suggest`'s suggestions.
+
+A suggestion whose change a bench configuration measures gets that measurement as its
+expected saving (source "measured") when the configuration was faster than the
+baseline by more than the runs' spread; when it was not, the suggestion is withdrawn
+and the measurement says why. Suggestions no bench measures keep their estimates.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Suggestion id -> (bench configuration, the mode that measures its effect).
+MEASURED_BY = {
+    "debuginfo-line-tables": ("line-tables-only", "incremental"),
+    "linker-lld": ("lld", "incremental"),
+    "linker-mold": ("mold", "incremental"),
+    "cranelift": ("cranelift", "incremental"),
+    # It speeds up dependency rebuilds, which only a clean build measures.
+    "deps-opt-level": ("deps-opt", "clean"),
+}
+
+
+def _row(bench: dict[str, Any], config: str, mode: str) -> dict[str, Any] | None:
+    for row in bench.get("results") or []:
+        if row.get("config") == config and row.get("mode") == mode:
+            return dict(row)
+    return None
+
+
+def cite(
+    found: list[dict[str, Any]], bench: dict[str, Any] | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(suggestions with bench evidence where there is some, re-ranked; the withdrawn ones
+    as {"id", "reason"})."""
+    if not bench:
+        return found, []
+    kept: list[dict[str, Any]] = []
+    withdrawn: list[dict[str, Any]] = []
+    baseline = str(bench.get("baseline") or "default")
+    when = str(bench.get("finished_at") or "")[:10]
+    for made in found:
+        config, mode = MEASURED_BY.get(made["id"], (None, None))
+        row = _row(bench, config, mode) if config and mode else None
+        base = _row(bench, baseline, mode) if mode else None
+        if (
+            row is None
+            or base is None
+            or row.get("median_s") is None
+            or base.get("median_s") is None
+            or config == baseline
+        ):
+            kept.append(made)
+            continue
+        gain = float(base["median_s"]) - float(row["median_s"])
+        spread = max(float(base.get("stddev_s") or 0.0), float(row.get("stddev_s") or 0.0))
+        measured = (
+            f"rbd bench #{bench.get('id', '?')} ({when}): {config} {row['delta_pct']:+.1f}% "
+            f"{mode} on this project, median {base['median_s']:.2f} s -> "
+            f"{row['median_s']:.2f} s over {bench.get('runs')} runs"
+        )
+        if gain <= spread:
+            why = "slower" if gain < 0 else "no faster than the runs' spread"
+            withdrawn.append({"id": made["id"], "reason": f"{measured} ({why})"})
+            continue
+        made = {
+            **made,
+            "expected": {"saves_s": round(gain, 3), "source": "measured", "basis": measured},
+        }
+        kept.append(made)
+    kept.sort(key=lambda made: -made["expected"]["saves_s"])
+    return kept, withdrawn
