@@ -86,8 +86,12 @@ class Bench:
         shims: Shims,
         emit: Emit,
         triggers: list[list[str]] | None = None,
+        overrides: dict[str, Any] | None = None,
     ) -> None:
         self.workspace = workspace
+        # A watched project's own settings (`rbd start --command check` ...): the bench
+        # measures the command the daemon runs.
+        self.overrides = overrides or {}
         self.env = env
         self.options = options.check()
         self.shims = shims
@@ -103,7 +107,7 @@ class Bench:
         if workspace.metadata_error:
             raise ConfigError(f"cargo cannot read this project: {workspace.metadata_error}")
         root = workspace.root
-        settings = configuration.load(root, self.env, {})
+        settings = configuration.load(root, self.env, self.overrides)
         base = settings.argv()
         bench_dir = workspace.target_dir / "rbd" / "bench"
         copy = bench_dir / "src"

@@ -43,8 +43,9 @@ async def start(
     if daemon.bench is not None:
         raise Busy(f"a bench of {daemon.bench.root} is running (rbd bench --cancel stops it)")
     project = daemon.registry.find(path)
+    overrides: dict[str, Any] = {}
     if project is not None:
-        env = project.env
+        env, overrides = project.env, project.overrides
     workspace = await workspaces.load(Path(path), env)
     root = str(workspace.root)
     triggers: list[list[str]] = []
@@ -60,7 +61,7 @@ async def start(
 
     if daemon.bench is not None:  # another request won the race while cargo metadata ran
         raise Busy(f"a bench of {daemon.bench.root} is running")
-    job = BenchJob(Bench(workspace, env, options, daemon.shims, emit, triggers), root)
+    job = BenchJob(Bench(workspace, env, options, daemon.shims, emit, triggers, overrides), root)
     daemon.bench = job
 
     async def run() -> None:
