@@ -125,3 +125,56 @@ async def test_initial_build_then_idle(tmp_path: Path) -> None:
             while h.scheduler.state != "idle":
                 await anyio.sleep(0.005)
         tg.cancel_scope.cancel()
+
+
+async def test_a_storm_with_pauses_longer_than_the_settle_time_builds_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path, settle_s=0.02)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.scheduler.run, False)
+        # Batches as the watcher hands over a generator's writes: 20 paths, then more
+        # every 60 ms, a gap three times the settle time.
+        for batch in range(4):
+            h.scheduler.notify([f"gen/{batch}-{i}.rs" for i in range(20)])
+            await anyio.sleep(0.06)
+        assert h.triggers == [], "built in the middle of the storm"
+        trigger = await h.next_launch()
+        assert len(trigger) == 80 and len(h.triggers) == 1
+        # A save is still built after the plain settle time.
+        h.scheduler.notify(["src/main.rs"])
+        assert await h.next_launch() == ["src/main.rs"]
+        tg.cancel_scope.cancel()
+
+
+async def test_paused_scheduler_holds_changes_and_builds_them_once_resumed(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    h.hold = True
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.scheduler.run, False)
+        h.scheduler.notify(["src/a.rs"])
+        await h.next_launch()
+        build = h.build
+        assert build is not None
+        h.scheduler.pause()
+        # A running build is waited for, not cancelled, by whoever paused.
+        waited = anyio.Event()
+
+        async def wait_idle() -> None:
+            await h.scheduler.wait_idle()
+            waited.set()
+
+        tg.start_soon(wait_idle)
+        h.hold = False
+        build.cancelled.set()  # the held build ends
+        with anyio.fail_after(TIMEOUT):
+            await waited.wait()
+        h.scheduler.notify(["src/b.rs"])
+        h.scheduler.notify(["src/c.rs"])
+        with anyio.fail_after(TIMEOUT):
+            while h.scheduler.state != "paused":
+                await anyio.sleep(0.005)
+        assert len(h.triggers) == 1
+        h.scheduler.resume()
+        assert await h.next_launch() == ["src/b.rs", "src/c.rs"]
+        tg.cancel_scope.cancel()
