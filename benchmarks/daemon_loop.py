@@ -57,7 +57,8 @@ def save_to_spawn(rbd: Rbd, crate: Path, edits: int) -> list[float]:
 def client_startup(rbd: Rbd, runs: int) -> tuple[list[float], list[float]]:
     """Wall time of `rbd status` and of `python -c pass`, interleaved."""
     rbd_bin = str(Path(sys.executable).parent / "rbd")
-    status, bare = [], []
+    status: list[float] = []
+    bare: list[float] = []
     for _ in range(runs):
         pairs = (([rbd_bin, "status"], status), ([sys.executable, "-c", "pass"], bare))
         for command, into in pairs:

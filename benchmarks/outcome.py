@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ROOT, Row, private_daemon, report  # noqa: E402
-from daemon import benchsource  # noqa: E402
-from tests.conftest import Events, make_crate  # noqa: E402
+from benchmarks.common import ROOT, Row, private_daemon, report
+from daemon import benchsource
+from tests.conftest import Events, make_crate
 
 WEBAPP = ROOT / "benchmarks" / "webapp"
 EDITED = "src/routes/users.rs"
