@@ -1,4 +1,4 @@
-"""rbd's performance suite: figures 1 to 8, one report each.
+"""rbd's performance suite: figures 1 to 9, one report each.
 
 Run from the repository root after `.ci/setup`:
 
@@ -16,7 +16,10 @@ Run from the repository root after `.ci/setup`:
    (loop_figures.figure5_client, over daemon_loop)
 6. `history` and `suggest` over a store of 100,000 builds (store_bench)
 7. the daemon at rest watching a 20,000-file tree: RSS, CPU (footprint)
-8. benchmarks/outcome.py (written elsewhere)
+8. the outcome on the reference web app: defaults vs `rbd tune apply` of the top
+   suggestions vs the best `rbd bench` configuration (outcome)
+9. how rbd's and the build's costs grow with a synthetic workspace of 10, 50 and
+   200 crates (scaling)
 
 A figure that needs a daemon runs a private one (XDG dirs in a temp dir), never
 one you run. `--quick` runs tiny sizes once each (a smoke test, seconds per
@@ -76,7 +79,8 @@ FIGURES = (
         6, "history and suggest over a big store (store_bench)", (Part("benchmarks.store_bench"),)
     ),
     Figure(7, "footprint at rest on a big tree", (Part("benchmarks.footprint"),)),
-    Figure(8, "benchmarks/outcome.py", (Part("benchmarks.outcome"),)),
+    Figure(8, "the outcome of suggest and tune on the web app", (Part("benchmarks.outcome"),)),
+    Figure(9, "costs by project size", (Part("benchmarks.scaling"),)),
 )
 
 
