@@ -99,7 +99,6 @@ class Bench:
         self.triggers = triggers or []
         self.done = 0
         self.total = 0
-        self._build: Build | None = None
 
     async def run(self) -> dict[str, Any]:
         started_at = now_iso()
@@ -113,8 +112,13 @@ class Bench:
         copy = bench_dir / "src"
         chosen = await self._resolve(root, bench_dir)
         runnable = [c for c in chosen if c.available]
-        edit_file = benchsource.edit_target(
-            root, list(workspace.package_dirs), self.triggers, self.options.edit
+        incremental = "incremental" in self.options.modes
+        edit_file = (
+            benchsource.edit_target(
+                root, list(workspace.package_dirs), self.triggers, self.options.edit
+            )
+            if incremental
+            else None
         )
         rounds = self.options.warmup + self.options.runs
         per_mode = {"clean": rounds, "incremental": rounds + 1}  # +1: the priming build
@@ -123,7 +127,7 @@ class Bench:
             benchsource.copy_workspace, root, workspace.target_dir, copy
         )
         log.info("bench_copy", root=str(root), copy=str(copy), files=files)
-        original = (copy / edit_file).read_text()
+        original = (copy / edit_file).read_text() if edit_file else ""
         edit = benchsource.plan_edit(original)
         # Announced once the copy is made: what the bench measures is the sources as of now.
         self.emit(
@@ -140,11 +144,12 @@ class Bench:
         wrapper = await anyio.to_thread.run_sync(cargoconfig.rustc_wrapper, root, self.env)
         runner = _Runner(self, base, copy, settings.timeout_s, shim, wrapper)
         series: list[Series] = []
+        edited = copy / (edit_file or "")
         for mode in self.options.modes:
             mode_series = [Series(c, mode) for c in runnable]
             if mode == "incremental":
-                edit = await runner.prime(mode_series, copy / edit_file, original, edit)
-            await runner.rounds(mode_series, rounds, copy / edit_file, original, edit)
+                edit = await runner.prime(mode_series, edited, original, edit)
+            await runner.rounds(mode_series, rounds, edited, original, edit)
             series += mode_series
         return {
             "project": str(root),
@@ -152,7 +157,7 @@ class Bench:
             "warmup": self.options.warmup,
             "started_at": started_at,
             "finished_at": now_iso(),
-            "edit": {"file": str(edit_file), "kind": edit.kind},
+            "edit": {"file": str(edit_file), "kind": edit.kind} if edit_file else None,
             "baseline": _baseline(chosen),
             "results": _results(chosen, series, self.options.modes),
         }
@@ -170,10 +175,6 @@ class Bench:
             if resolved.name not in [c.name for c in chosen]:
                 chosen.append(dataclasses.replace(resolved, target_dir=bench_dir / resolved.name))
         return chosen
-
-    def cancel(self) -> None:
-        if self._build is not None:
-            self._build.cancel()
 
     def progress(self, series: Series, counted: bool, result: BuildResult) -> None:
         self.done += 1
@@ -286,17 +287,15 @@ class _Runner:
             shim=self.shim,
             user_wrapper=self.wrapper,
         )
-        self.bench._build = build
         try:
             return await build.run()
         except anyio.get_cancelled_exc_class():
+            # Cancelled (bench_cancel, shutdown, Ctrl-C): nothing of the build survives.
             with anyio.CancelScope(shield=True):
                 build.cancel()
                 if build.pgid is not None:
                     await procs.kill_group_and_wait(build.pgid)
             raise
-        finally:
-            self.bench._build = None
 
 
 def _baseline(chosen: list[configs.BuildConfig]) -> str:
