@@ -279,8 +279,8 @@ async def _tune_revert(connection: Connection, request: dict[str, Any]) -> dict[
 
 async def _bench(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
     path = _arg(request, "path", str)
-    if path is None:
-        raise ValueError("'path' is required")
+    if path is None or not path.startswith("/"):
+        raise ValueError("'path' must be an absolute path")
     names = _arg(request, "configs", list)
     modes = _arg(request, "modes", list, list(bench.MODES))
     if not all(isinstance(n, str) for n in [*(names or []), *modes]):

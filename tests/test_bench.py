@@ -236,3 +236,11 @@ def test_bench_outside_a_cargo_project_and_bad_usage(rbd: Rbd, tmp_path: Path) -
     assert done.returncode == 1 and "Cargo.toml" in done.stderr
     done = rbd.run("bench", "--configs", ",", cwd=empty)
     assert done.returncode == 2 and "names no configuration" in done.stderr
+
+
+def test_a_raw_request_needs_an_absolute_path(rbd: Rbd, tmp_path: Path) -> None:
+    rbd.start_daemon()
+    for path in (None, "relative/dir"):
+        with pytest.raises(RequestFailed) as failed:
+            rbd.request(protocol.BENCH, path=path)
+        assert failed.value.code == protocol.BAD_REQUEST and "absolute" in str(failed.value)
