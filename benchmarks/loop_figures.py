@@ -25,18 +25,12 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import anyio
-import anyio.to_thread
-
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import daemon_loop, overhead  # noqa: E402
 from benchmarks.common import Row, ms, percentile, private_daemon  # noqa: E402
-from client import paths  # noqa: E402
-from daemon.shim import Shims  # noqa: E402
-from daemon.timings import cargo_version  # noqa: E402
 from tests.conftest import make_crate  # noqa: E402
 
 # Figure 1: edits per tool (quick: one).
@@ -49,7 +43,6 @@ EXTERNAL_QUIET_S = 1.5
 
 # Figure 4: counted edits and uncounted warm-up rounds (overhead.py's defaults).
 OVERHEAD_EDITS, OVERHEAD_WARMUP = 15, 2
-OVERHEAD_GOAL = 1.03
 
 # Figure 5, client half.
 CLIENT_RUNS = 30
@@ -237,51 +230,7 @@ def figure4(quick: bool) -> list[Row]:
     """overhead.py's measurement: the example project rebuilt after the same one-line
     edits by rbd's builder (with and without its shim) and by plain `cargo build`."""
     edits, warmup = (1, 0) if quick else (OVERHEAD_EDITS, OVERHEAD_WARMUP)
-    version = cargo_version(
-        subprocess.run(["cargo", "--version"], capture_output=True, text=True, check=True).stdout
-    )
-    sides = ("rbd", "noshim", "plain")
-    timed: dict[str, list[float]] = {side: [] for side in sides}
-    base = Path(tempfile.mkdtemp(prefix="rbd-overhead-"))
-    try:
-        copies = {}
-        for side in sides:
-            copies[side] = base / side
-            shutil.copytree(ROOT / "benchmarks" / "example", copies[side])
-            subprocess.run(["cargo", "build", "-q"], cwd=copies[side], check=True)
-
-        async def rounds() -> None:
-            # One event loop for all rounds, as in the daemon (and as overhead.py does).
-            shim = await Shims(Path(paths.cache_dir())).get(dict(os.environ))
-            assert shim is not None, "the shim did not build (see the warning above)"
-            for i in range(edits + warmup):
-                for side in sides:
-                    overhead.edit(copies[side], i)
-                    if side == "plain":
-                        took = await anyio.to_thread.run_sync(overhead.plain_build, copies[side])
-                    else:
-                        shim_or_none = shim if side == "rbd" else None
-                        took = await overhead.rbd_build(copies[side], version, shim_or_none)
-                    if i >= warmup:
-                        timed[side].append(took)
-
-        anyio.run(rounds)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-    rbd, plain = statistics.median(timed["rbd"]), statistics.median(timed["plain"])
-    noshim = statistics.median(timed["noshim"])
-    ratio = rbd / plain
-    return [
-        (f"rbd-instrumented rebuild, median of {len(timed['rbd'])}", ms(rbd), None, None),
-        ("the same without rbd's shim (no link times)", ms(noshim), None, None),
-        ("plain `cargo build`, same edits, interleaved", ms(plain), None, None),
-        (
-            "ratio rbd / plain (example project, one-line edit)",
-            f"{ratio:.3f}",
-            f"≤ {OVERHEAD_GOAL}",
-            ratio <= OVERHEAD_GOAL,
-        ),
-    ]
+    return overhead.rows(overhead.measure(edits, warmup))
 
 
 def figure5_client(quick: bool) -> list[Row]:
