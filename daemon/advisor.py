@@ -15,8 +15,8 @@ import anyio.to_thread
 import structlog
 
 from daemon import evidence, probe, suggest, tune
+from daemon.asyncstore import AsyncStore
 from daemon.errors import ConfigError, NotFound, TuneConflict
-from daemon.store import AsyncStore
 
 log = structlog.get_logger("advisor")
 

@@ -3,6 +3,7 @@ watched projects, and an orderly shutdown."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -16,14 +17,18 @@ from anyio.abc import SocketStream
 import client
 from client import paths, protocol
 from daemon import procs, server
+from daemon.asyncstore import AsyncStore
 from daemon.benchjob import BenchJob
 from daemon.errors import DaemonError, NotWatched, StoreError
 from daemon.events import EventHub
 from daemon.projects import Registry
 from daemon.shim import Shims
-from daemon.store import AsyncStore, Store
+from daemon.store import Store
 
 log = structlog.get_logger("daemon")
+
+# How often builds a failing store could not take are offered to it again.
+STORE_RETRY_S = 2.0
 
 
 class Daemon:
@@ -64,6 +69,8 @@ class Daemon:
                 "log": paths.log_path(),
                 "store": str(self.store.sync.path),
                 "store_error": self.store.error,
+                # Finished builds waiting in memory for a failing store.
+                "unsaved_builds": len(self.store.unsaved),
                 "subscribers": len(self.hub),
             },
             "projects": [project.status() for project in projects],
@@ -105,6 +112,14 @@ class Daemon:
 
         await listener.serve(handle)
 
+    async def _retry_store(self) -> None:
+        # A freed disk should not wait for the next save to be noticed.
+        while True:
+            await anyio.sleep(STORE_RETRY_S)
+            if self.store.unsaved:
+                with contextlib.suppress(StoreError):
+                    await self.store.flush()
+
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
@@ -123,6 +138,7 @@ class Daemon:
             self.registry = Registry(self.store, self.hub, tg, self.shims)
             self.tasks = tg
             tg.start_soon(self._signals)
+            tg.start_soon(self._retry_store)
             try:
                 await self._resume()
             except StoreError as exc:
@@ -133,5 +149,9 @@ class Daemon:
             with anyio.CancelScope(shield=True), anyio.move_on_after(4.0):
                 for key in list(self.registry.projects):
                     await self.registry.stop(key, forget=False)
+                try:
+                    await self.store.flush()
+                except StoreError as exc:
+                    log.error("builds_lost", count=len(self.store.unsaved), error=str(exc))
             tg.cancel_scope.cancel()
         log.info("daemon_stopped")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TextIO
+from typing import BinaryIO, TextIO, cast
 
 import structlog
 
@@ -12,14 +12,34 @@ import structlog
 MAX_LOG_BYTES = 20 << 20
 
 
-def configure(path: str) -> TextIO:
+class LogFile:
+    """The log's file, written a line at a time, unbuffered. A line that cannot be
+    written (disk full, I/O error) is dropped and counted: the daemon must outlive
+    its log, and the line cannot be written anywhere else either."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.dropped = 0
+
+    def write(self, text: str) -> int:
+        try:
+            return self.file.write(text.encode("utf-8", "backslashreplace"))
+        except OSError:
+            self.dropped += 1
+            return 0
+
+    def flush(self) -> None:
+        pass  # unbuffered: every write went to the file already
+
+
+def configure(path: str) -> LogFile:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
         if os.path.getsize(path) > MAX_LOG_BYTES:
             os.replace(path, path + ".1")
     except FileNotFoundError:
         pass
-    stream = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (lives as long as the daemon)
+    stream = LogFile(open(path, "ab", buffering=0))  # noqa: SIM115 (lives as long as the daemon)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -29,7 +49,8 @@ def configure(path: str) -> TextIO:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        # WriteLogger only calls write() and flush().
+        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, stream)),
         cache_logger_on_first_use=True,
     )
     return stream

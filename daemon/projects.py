@@ -13,13 +13,14 @@ from client import protocol
 from daemon import cargoconfig, configs, probe, procs
 from daemon import config as configuration
 from daemon import workspace as workspaces
+from daemon.asyncstore import AsyncStore, Unsaved
 from daemon.builder import Build
 from daemon.errors import DaemonError, NotWatched, StoreError
 from daemon.events import EventHub
 from daemon.records import BuildResult, summary
 from daemon.scheduler import Scheduler
 from daemon.shim import Shims
-from daemon.store import AsyncStore, now_iso
+from daemon.store import now_iso
 from daemon.watcher import Watcher
 
 log = structlog.get_logger("projects")
@@ -154,9 +155,10 @@ class Project:
         started_at = now_iso()
         build_id: int | None = None
         try:
+            await self.store.flush()
             # Recorded before cargo runs, so that a daemon dying mid-build
             # leaves a row the next one marks `interrupted`.
-            build_id = await self.store.call(
+            build_id = await self.store.write(
                 self.store.sync.begin_build,
                 project=self.key,
                 started_at=started_at,
@@ -165,6 +167,7 @@ class Project:
                 config=self.build_config.name,
             )
         except StoreError as exc:
+            # Builds go on; this one waits in memory for the store (_finish).
             log.error("store_failed", error=str(exc), root=self.key)
         self.current = {
             "build_id": build_id,
@@ -211,7 +214,7 @@ class Project:
         await build.spawned.wait()
         if build_id is not None and build.pgid is not None:
             try:
-                await self.store.call(
+                await self.store.write(
                     self.store.sync.set_process_group, build_id, build.pgid, build.pg_start
                 )
             except StoreError as exc:
@@ -225,11 +228,16 @@ class Project:
         argv: list[str],
         result: BuildResult,
     ) -> None:
+        saved = False
         if build_id is not None:
             try:
-                await self.store.call(self.store.sync.finish_build, build_id, result)
+                await self.store.write(self.store.sync.finish_build, build_id, result)
+                saved = True
             except StoreError as exc:
                 log.error("store_failed", error=str(exc), root=self.key)
+        if not saved:
+            config = self.build_config.name
+            self.store.keep(Unsaved(build_id, self.key, started_at, trigger, argv, config, result))
         build = summary(
             build_id=build_id,
             project=self.key,
@@ -304,6 +312,8 @@ class Project:
                 if k in SHOWN_ENV or k.startswith(SHOWN_ENV_PREFIXES)
             },
             "watches": self.watcher.watch_count,
+            # Polling once inotify failed (its watch limit): saves are noticed later.
+            "polling": self.watcher.polling,
             "target_dir": str(self.workspace.target_dir),
             "problem": self.problem or self.workspace.metadata_error,
         }

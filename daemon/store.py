@@ -4,20 +4,18 @@ WAL mode so readers (history, show) never wait on the writer; the schema
 version lives in `PRAGMA user_version` and MIGRATIONS brings any older store
 up to date in one transaction, keeping its history. Every write is one
 transaction. The class is synchronous; the daemon calls it from a worker
-thread (see AsyncStore) so SQLite never blocks the event loop.
+thread (daemon.asyncstore) so SQLite never blocks the event loop.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
-
-import anyio.to_thread
+from typing import Any
 
 from client.protocol import PHASE_KEYS
 from daemon.errors import StoreError
@@ -219,38 +217,29 @@ class Store:
             )
 
     def finish_build(self, build_id: int, result: BuildResult) -> None:
-        phases = [result.phases.get(key) for key in PHASE_KEYS]
         with self._transaction() as db:
-            db.execute(
-                "UPDATE builds SET outcome = ?, wall_s = ?, settle_s = ?, errors = ?, warnings = ?,"
-                " units_rebuilt = ?, units_fresh = ?, linker = ?, rustc_wrapper = ?,"
-                " first_error = ?, diagnostics = ?, pgid = NULL, pg_start = NULL, "
-                + ", ".join(f"{key} = ?" for key in PHASE_KEYS)
-                + " WHERE id = ?",
-                (
-                    result.outcome,
-                    result.wall_s,
-                    result.settle_s,
-                    result.errors,
-                    result.warnings,
-                    result.units_rebuilt,
-                    result.units_fresh,
-                    result.linker,
-                    result.rustc_wrapper,
-                    result.first_error,
-                    result.diagnostics[:MAX_DIAGNOSTICS_CHARS],
-                    *phases,
-                    build_id,
-                ),
+            _write_result(db, build_id, result)
+
+    def record_build(
+        self,
+        *,
+        project: str,
+        started_at: str,
+        trigger: list[str],
+        command: list[str],
+        config: str,
+        result: BuildResult,
+    ) -> int:
+        """A finished build in one go: one the store could not take while it ran."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO builds (project, started_at, trigger, command, config)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (project, started_at, json.dumps(trigger), json.dumps(command), config),
             )
-            db.executemany(
-                f"INSERT INTO units (build_id, seq, {', '.join(UNIT_COLUMNS)})"
-                f" VALUES (?, ?, {', '.join('?' for _ in UNIT_COLUMNS)})",
-                [
-                    (build_id, seq, *(getattr(u, column) for column in UNIT_COLUMNS))
-                    for seq, u in enumerate(result.units)
-                ],
-            )
+            assert cursor.lastrowid is not None
+            _write_result(db, cursor.lastrowid, result)
+            return cursor.lastrowid
 
     def running_builds(self) -> list[tuple[int, int | None, int | None]]:
         """Builds begun and never finished: (id, pgid, pg_start) of each."""
@@ -414,6 +403,40 @@ class Store:
         return [(r["root"], json.loads(r["env"]), json.loads(r["overrides"])) for r in rows]
 
 
+def _write_result(db: sqlite3.Connection, build_id: int, result: BuildResult) -> None:
+    phases = [result.phases.get(key) for key in PHASE_KEYS]
+    db.execute(
+        "UPDATE builds SET outcome = ?, wall_s = ?, settle_s = ?, errors = ?, warnings = ?,"
+        " units_rebuilt = ?, units_fresh = ?, linker = ?, rustc_wrapper = ?,"
+        " first_error = ?, diagnostics = ?, pgid = NULL, pg_start = NULL, "
+        + ", ".join(f"{key} = ?" for key in PHASE_KEYS)
+        + " WHERE id = ?",
+        (
+            result.outcome,
+            result.wall_s,
+            result.settle_s,
+            result.errors,
+            result.warnings,
+            result.units_rebuilt,
+            result.units_fresh,
+            result.linker,
+            result.rustc_wrapper,
+            result.first_error,
+            result.diagnostics[:MAX_DIAGNOSTICS_CHARS],
+            *phases,
+            build_id,
+        ),
+    )
+    db.executemany(
+        f"INSERT INTO units (build_id, seq, {', '.join(UNIT_COLUMNS)})"
+        f" VALUES (?, ?, {', '.join('?' for _ in UNIT_COLUMNS)})",
+        [
+            (build_id, seq, *(getattr(u, column) for column in UNIT_COLUMNS))
+            for seq, u in enumerate(result.units)
+        ],
+    )
+
+
 def _summary(row: sqlite3.Row) -> dict[str, Any]:
     return summary(
         build_id=row["id"],
@@ -434,30 +457,3 @@ def _summary(row: sqlite3.Row) -> dict[str, Any]:
         rustc_wrapper=row["rustc_wrapper"],
     )
 
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-class AsyncStore:
-    """The store for the event loop: each call runs in one worker thread at a time.
-
-    A failing store must not stop builds: callers get StoreError and the last
-    error stays readable in `error` for `rbd status`.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self.sync = store
-        self.error: str | None = None
-        self._limiter = anyio.CapacityLimiter(1)
-
-    async def call(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        def run() -> T:
-            return method(*args, **kwargs)
-
-        try:
-            result = await anyio.to_thread.run_sync(run, limiter=self._limiter)
-        except sqlite3.Error as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
-            raise StoreError(f"store {self.sync.path}: {exc}") from exc
-        return result

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from daemon import store as store_module
+from daemon.asyncstore import AsyncStore
 from daemon.errors import StoreError
 from daemon.records import BuildResult, UnitRecord
-from daemon.store import AsyncStore, Store, now_iso
+from daemon.store import Store, now_iso
 
 
 def record(store: Store, project: str = "/p", outcome: str = "success", wall: float = 1.5) -> int:
