@@ -4,10 +4,13 @@ Two watchfiles watchers run side by side: one flat (directories with excluded
 children), one recursive (clean subtrees). Raw events are sorted out in a
 worker thread (digests read files) and only real content changes of
 trigger files reach the callback, as paths relative to the project root.
+Where inotify fails (its watch limit exhausted), the same directories are
+polled instead, and the project's status says why.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -26,6 +29,8 @@ from daemon.workspace import Workspace
 WATCH_STEP_MS = 5
 # When the watches of a new plan are surely in place.
 RECHECK_AFTER_S = 0.2
+# How often a polled project (inotify unavailable) is looked at.
+POLL_S = 0.5
 # How often a vanished project directory is looked for again.
 GONE_POLL_S = 1.0
 # A burst that never pauses still gets handed over this often; the
@@ -66,6 +71,10 @@ class Watcher:
         self._closed = True
         self._stop.set()
         self._replan.set()
+
+    @property
+    def polling(self) -> bool:
+        return self._force_polling
 
     @property
     def watch_count(self) -> int:
@@ -138,6 +147,9 @@ class Watcher:
     ) -> None:
         if not paths:
             return
+        if self._force_polling:
+            await self._poll(plan, paths, recursive, stop)
+            return
         try:
             async for changes in awatch(
                 *paths,
@@ -147,23 +159,50 @@ class Watcher:
                 stop_event=stop,
                 recursive=recursive,
                 force_polling=self._force_polling,
-                ignore_permission_denied=True,
+                # True would also swallow an exhausted inotify limit: silence.
+                # The plan leaves out directories it cannot read.
+                ignore_permission_denied=False,
             ):
                 await self._handle(plan, changes)
         except FileNotFoundError:
             # A watched directory vanished between planning and watching.
             self._replan.set()
+        except PermissionError:
+            # Made unreadable since the plan, which the next plan leaves out;
+            # the pause keeps a directory that stays so from spinning us.
+            await anyio.sleep(GONE_POLL_S)
+            self._replan.set()
         except OSError as exc:
             if self._force_polling:
                 raise
-            message = (
-                f"file watching failed ({exc}); falling back to polling. If the inotify watch "
-                "limit is exhausted, raise it: sysctl fs.inotify.max_user_watches=524288"
-            )
+            if "limit" in str(exc) or exc.errno == errno.ENOSPC:
+                message = (
+                    "the inotify watch limit (fs.inotify.max_user_watches) is exhausted; rbd "
+                    "polls this project instead, which notices saves later. Raise the limit "
+                    "(sudo sysctl fs.inotify.max_user_watches=524288), then `rbd stop` and "
+                    "`rbd start`"
+                )
+            else:
+                message = f"file watching failed ({exc}); rbd polls this project instead"
             log.error("watch_failed", error=str(exc), fallback="polling")
             self._on_problem(message)
             self._force_polling = True
             self._replan.set()
+
+    async def _poll(
+        self, plan: WatchPlan, paths: list[Path], recursive: bool, stop: anyio.Event
+    ) -> None:
+        # Not watchfiles' poller: it compares mtimes in whole seconds, so two
+        # saves of the same size within a second look like one.
+        seen = await anyio.to_thread.run_sync(_stat_below, paths, recursive)
+        while not stop.is_set():
+            with anyio.move_on_after(POLL_S):
+                await stop.wait()
+            now = await anyio.to_thread.run_sync(_stat_below, paths, recursive)
+            changed = [path for path in seen.keys() | now.keys() if seen.get(path) != now.get(path)]
+            seen = now
+            if changed and not stop.is_set():
+                await self._handle(plan, [(Change.modified, str(path)) for path in changed])
 
     async def _handle(self, plan: WatchPlan, changes: Iterable[tuple[Change, str]]) -> None:
         paths = sorted({Path(path) for _, path in changes})
@@ -192,6 +231,30 @@ def _sort_out(plan: WatchPlan, paths: list[Path]) -> tuple[list[Path], bool]:
             changed.extend(file for file in _files_below(path) if plan.changed(file))
     replan = any(plan.needs_replan(path) for path in paths)
     return changed, replan
+
+
+def _stat_below(paths: list[Path], recursive: bool) -> dict[Path, tuple[int, int]]:
+    """(mtime in ns, size) of each file in paths (and below, if recursive); a
+    directory's entry only marks that it exists."""
+    found: dict[Path, tuple[int, int]] = {}
+    pending = list(paths)
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    found[Path(entry.path)] = (0, -1)
+                    if recursive:
+                        pending.append(Path(entry.path))
+                else:
+                    stat = entry.stat(follow_symlinks=False)
+                    found[Path(entry.path)] = (stat.st_mtime_ns, stat.st_size)
+            except OSError:
+                continue
+    return found
 
 
 def _missed(before: WatchPlan, after: WatchPlan) -> list[Path]:
