@@ -13,7 +13,7 @@ import sys
 
 from client import protocol
 from client.connection import Connection
-from client.errors import RbdError, UsageError
+from client.errors import ProtocolMismatch, RbdError, UsageError
 
 # `import typing` costs ~2 ms of the client's start; mypy honours this name all the same.
 TYPE_CHECKING = False
@@ -79,20 +79,31 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_shutdown(args: argparse.Namespace) -> int:
+    import signal
     import time
 
     from client import paths
 
-    with Connection.open() as conn:
-        pid = conn.request(protocol.SHUTDOWN)["pid"]
-        # The daemon closes the connection as it exits, after removing its
-        # socket and lock: once both are gone, it is done.
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                conn.receive(timeout=max(0.1, deadline - time.monotonic()))
-            except RbdError:
-                break
+    deadline = time.monotonic() + 15
+    try:
+        conn = Connection.open()
+    except ProtocolMismatch as exc:
+        # A daemon of another version cannot be asked: it is told, as
+        # systemd would tell it, and stops the same orderly way.
+        if exc.daemon_pid is None:
+            raise
+        pid = exc.daemon_pid
+        os.kill(pid, signal.SIGTERM)
+    else:
+        with conn:
+            pid = conn.request(protocol.SHUTDOWN)["pid"]
+            # The daemon closes the connection as it exits, after removing its
+            # socket and lock: once both are gone, it is done.
+            while time.monotonic() < deadline:
+                try:
+                    conn.receive(timeout=max(0.1, deadline - time.monotonic()))
+                except RbdError:
+                    break
     while os.path.exists(paths.socket_path()) and time.monotonic() < deadline:
         time.sleep(0.02)
     print(f"rbd: daemon {pid} stopped")

@@ -50,9 +50,10 @@ class Connection:
                 protocol.HELLO, protocol=protocol.PROTOCOL_VERSION
             )
         except RequestFailed as exc:
+            pid = _peer_pid(sock) if exc.code == protocol.PROTOCOL_MISMATCH else None
             connection.close()
             if exc.code == protocol.PROTOCOL_MISMATCH:
-                raise ProtocolMismatch(str(exc)) from None
+                raise ProtocolMismatch(str(exc), pid) from None
             raise
         except DaemonUnreachable:
             connection.close()
@@ -126,3 +127,18 @@ class Connection:
             message = self.poll(tick_s)
             if message is None or "event" in message:
                 yield message
+
+
+def _peer_pid(sock: socket.socket) -> int | None:
+    """The pid at the other end, if it runs as this user (Linux only)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    import os
+    import struct
+
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return int(pid) if uid == os.getuid() and pid > 0 else None

@@ -37,4 +37,8 @@ class DaemonUnreachable(RbdError):
 
 
 class ProtocolMismatch(DaemonUnreachable):
-    pass
+    def __init__(self, message: str, daemon_pid: int | None = None) -> None:
+        super().__init__(message)
+        # The other-version daemon's pid (from the socket's peer credentials),
+        # so that `rbd shutdown` can stop it without speaking its protocol.
+        self.daemon_pid = daemon_pid
