@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import time
 
 from client import paths, protocol
-from client.errors import DaemonUnreachable, ProtocolError, ProtocolMismatch, RequestFailed
+from client.errors import (
+    DaemonUnreachable,
+    ProtocolError,
+    ProtocolMismatch,
+    RbdError,
+    RequestFailed,
+)
 
 # `import typing` costs ~2 ms of the client's start; mypy honours this name all the same.
 TYPE_CHECKING = False
@@ -44,13 +51,22 @@ class Connection:
                 f"no rbd daemon answers on {path} ({exc.strerror or exc}); "
                 "`rbd start` in a Cargo project starts one"
             ) from None
+        peer = _peer(sock)
+        if peer is not None and peer[1] != os.getuid():
+            sock.close()
+            # Whoever could put their socket there would get what we send (with
+            # `rbd start`, our whole environment).
+            raise RbdError(
+                f"the socket {path} is served by a process of uid {peer[1]}, not by your "
+                f"own rbd daemon (uid {os.getuid()}): refusing to talk to it"
+            )
         connection = cls(sock, path)
         try:
             connection.daemon = connection.request(
                 protocol.HELLO, protocol=protocol.PROTOCOL_VERSION
             )
         except RequestFailed as exc:
-            pid = _peer_pid(sock) if exc.code == protocol.PROTOCOL_MISMATCH else None
+            pid = peer[0] if peer is not None else None
             connection.close()
             if exc.code == protocol.PROTOCOL_MISMATCH:
                 raise ProtocolMismatch(str(exc), pid) from None
@@ -129,11 +145,11 @@ class Connection:
                 yield message
 
 
-def _peer_pid(sock: socket.socket) -> int | None:
-    """The pid at the other end, if it runs as this user (Linux only)."""
+
+def _peer(sock: socket.socket) -> tuple[int, int] | None:
+    """(pid, uid) of the process at the other end of the socket (Linux only)."""
     if not hasattr(socket, "SO_PEERCRED"):
         return None
-    import os
     import struct
 
     try:
@@ -141,4 +157,4 @@ def _peer_pid(sock: socket.socket) -> int | None:
     except OSError:
         return None
     pid, uid, _gid = struct.unpack("3i", creds)
-    return int(pid) if uid == os.getuid() and pid > 0 else None
+    return int(pid), int(uid)

@@ -21,11 +21,21 @@ def _platformdirs_runtime() -> str:
 
     import platformdirs
 
+    from client.errors import RbdError
+
     with warnings.catch_warnings():
         # platformdirs warns when it falls back to /tmp/runtime-UID; rbd checks
         # that directory's ownership and mode itself.
         warnings.simplefilter("ignore")
-        return platformdirs.user_runtime_dir(APP)
+        try:
+            return platformdirs.user_runtime_dir(APP)
+        except PermissionError as exc:
+            # platformdirs refuses a /tmp/runtime-UID that another user created
+            # first (or a symlink there): a socket in it would be theirs to
+            # replace. rbd refuses too, in one line rather than a traceback; not
+            # as DaemonUnreachable, which would have `rbd start` spawn a daemon
+            # that fails the same way.
+            raise RbdError(f"{exc} (rbd will not use it for its socket)") from None
 
 
 def runtime_dir() -> str:

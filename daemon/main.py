@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 
 from client import paths
+from client.errors import RbdError
 from daemon import logsetup, runtime
 from daemon.errors import AlreadyRunning, DaemonError
 
@@ -23,15 +24,15 @@ def run(argv: list[str] | None = None) -> int:
         "its process (`rbd start` detaches it)",
     )
     parser.parse_args(argv)
-    socket_path = paths.socket_path()
-    lock_path = paths.lock_path()
     try:
+        socket_path = paths.socket_path()
+        lock_path = paths.lock_path()
         runtime.prepare_private_dir(paths.runtime_dir())
         lock_fd = runtime.acquire_lock(lock_path)
     except AlreadyRunning:
         print("rbd: a daemon is already running", file=sys.stderr)
         return 0
-    except (DaemonError, OSError) as exc:
+    except (DaemonError, RbdError, OSError) as exc:
         print(f"rbd daemon: {exc}", file=sys.stderr)
         return 1
     try:

@@ -26,9 +26,12 @@ def prepare_private_dir(path: str) -> None:
     if not stat.S_ISDIR(info.st_mode):
         raise UnsafeRuntimeDir(f"{path} is not a directory (a symlink?); remove it and retry")
     if info.st_uid != os.getuid():
+        # Whoever owns it could replace rbd's socket with their own, or read
+        # what clients send it (their whole environment, with `rbd start`).
         raise UnsafeRuntimeDir(
             f"{path} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}): "
-            "refusing to put rbd's socket there"
+            "refusing to put rbd's socket there; have its owner (or root) remove it, "
+            "or set XDG_RUNTIME_DIR to a directory of your own with mode 700"
         )
     if info.st_mode & 0o077:
         raise UnsafeRuntimeDir(
