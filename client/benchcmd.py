@@ -1,6 +1,7 @@
 """`rbd bench`: a daemon job by default (progress from its events, Ctrl-C cancels it),
 `--detach` to leave it running, `--cancel` to stop one, `--foreground` to run it in
-this process without a daemon."""
+this process without a daemon (as a bench of a project the daemon does not watch
+does)."""
 
 from __future__ import annotations
 
@@ -50,9 +51,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"rbd: cancelled the bench of {reply['project']}")
         return 0
     live = sys.stderr.isatty() and not args.json
-    report = (
-        _foreground(request, live) if args.foreground else _daemon_job(request, live, args.detach)
-    )
+    report: dict[str, Any] | None
+    if args.foreground:
+        report = _foreground(request, live)
+    else:
+        try:
+            report = _daemon_job(request, live, args.detach)
+        except RequestFailed as exc:
+            # The daemon runs cargo only in projects it watches; this process
+            # may bench any project its user names.
+            if exc.code != protocol.NOT_WATCHED or args.detach:
+                raise
+            if live:
+                print(f"rbd: {exc}; benching in this process instead", file=sys.stderr)
+            report = _foreground(request, live)
     if report is None:
         return 0
     if args.json:

@@ -15,7 +15,7 @@ from client import paths, protocol
 from daemon import logsetup
 from daemon import workspace as workspaces
 from daemon.bench import Bench, Options
-from daemon.errors import BenchCancelled, Busy, DaemonError, StoreError
+from daemon.errors import BenchCancelled, Busy, DaemonError, NotWatched, StoreError
 from daemon.shim import Shims
 from daemon.store import Store
 
@@ -43,10 +43,14 @@ async def start(
     if daemon.bench is not None:
         raise Busy(f"a bench of {daemon.bench.root} is running (rbd bench --cancel stops it)")
     project = daemon.registry.find(path)
-    overrides: dict[str, Any] = {}
-    if project is not None:
-        env, overrides = project.env, project.overrides
-    workspace = await workspaces.load(Path(path), env)
+    if project is None:
+        # The daemon runs cargo only in projects its user chose to watch.
+        raise NotWatched(
+            f"{path} is not inside a project rbd watches: `rbd start` it first, or "
+            "`rbd bench --foreground` runs the bench without the daemon"
+        )
+    env, overrides = project.env, project.overrides
+    workspace = await workspaces.load(project.root, env)
     root = str(workspace.root)
     triggers: list[list[str]] = []
     try:
@@ -65,12 +69,11 @@ async def start(
     daemon.bench = job
 
     async def run() -> None:
-        scheduler = project.scheduler if project is not None else None
+        scheduler = project.scheduler
         try:
             with job.scope:
-                if scheduler is not None:
-                    scheduler.pause()
-                    await scheduler.wait_idle()
+                scheduler.pause()
+                await scheduler.wait_idle()
                 job.report = await job.bench.run()
             if job.report is None:
                 raise BenchCancelled("the bench was cancelled; nothing was recorded")
@@ -89,8 +92,7 @@ async def start(
             job.error = DaemonError(f"the bench failed: {type(exc).__name__}: {exc}")
             emit({"event": protocol.BENCH_FINISHED, "error": str(job.error)})
         finally:
-            if scheduler is not None:
-                scheduler.resume()
+            scheduler.resume()
             daemon.bench = None
             job.done.set()
 

@@ -14,6 +14,7 @@ import pytest
 from client import protocol
 from client.errors import RequestFailed
 from tests.conftest import WAIT_S, Rbd, make_crate
+from tests.test_projects import started
 
 RESULT_KEYS = {
     "config",
@@ -29,7 +30,14 @@ RESULT_KEYS = {
     "noisy",
     "phases",
 }
-SLOW_BUILD_RS = "fn main() { std::thread::sleep(std::time::Duration::from_secs(120)); }\n"
+# Slow only in the bench's own target dirs: the watched build before it stays quick.
+SLOW_BUILD_RS = """\
+fn main() {
+    if std::env::var("OUT_DIR").unwrap().contains("/rbd/bench/") {
+        std::thread::sleep(std::time::Duration::from_secs(120));
+    }
+}
+"""
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -172,8 +180,8 @@ def wait_until(check: Any, timeout: float = WAIT_S) -> bool:
 
 def test_cancel_stops_the_bench_and_its_processes(rbd: Rbd, tmp_path: Path) -> None:
     crate = make_crate(tmp_path / "slow", "slow", {"build.rs": SLOW_BUILD_RS})
-    rbd.start_daemon()
-    events = rbd.events()
+    events = started(rbd, crate)
+    events.finished()
     rbd.ok("bench", "--detach", "--clean", "--configs", "default", "--runs", "1", cwd=crate)
     events.wait_for(lambda e: e.get("event") == protocol.BENCH_STARTED)
     assert wait_until(lambda: bench_processes(crate)), "the build script never ran"
@@ -240,7 +248,26 @@ def test_bench_outside_a_cargo_project_and_bad_usage(rbd: Rbd, tmp_path: Path) -
 
 def test_a_raw_request_needs_an_absolute_path(rbd: Rbd, tmp_path: Path) -> None:
     rbd.start_daemon()
-    for path in (None, "relative/dir"):
+    for path, message in ((None, "required"), ("relative/dir", "absolute")):
         with pytest.raises(RequestFailed) as failed:
             rbd.request(protocol.BENCH, path=path)
-        assert failed.value.code == protocol.BAD_REQUEST and "absolute" in str(failed.value)
+        assert failed.value.code == protocol.BAD_REQUEST and message in str(failed.value)
+
+
+def test_the_daemon_benches_only_watched_projects(rbd: Rbd, tmp_path: Path) -> None:
+    watched = make_crate(tmp_path / "watched", "watched")
+    other = make_crate(tmp_path / "other", "other")
+    (tmp_path / "link").symlink_to(other)
+    events = started(rbd, watched)
+    events.finished()
+    # Canonicalized first: neither `..` nor a symlink leads out of the watched project.
+    for path in (other, watched / ".." / "other", tmp_path / "link", watched / "src" / "../.."):
+        with pytest.raises(RequestFailed) as failed:
+            rbd.request(protocol.BENCH, path=str(path), configs=["default"], runs=1)
+        assert failed.value.code == protocol.NOT_WATCHED, path
+    assert not (other / "target").exists(), "cargo ran in a project nobody watches"
+    # The CLI benches an unwatched project in its own process instead.
+    report = bench_json(
+        rbd, other, "--incremental", "--configs", "default", "--runs", "1", "--warmup", "0"
+    )
+    assert report["project"] == str(other) and report["results"][0]["median_s"] > 0
