@@ -128,8 +128,11 @@ class Project:
         except DaemonError as exc:
             log.warning("workspace_reload_failed", root=self.key, error=str(exc))
             return
-        if workspace.package_dirs != self.workspace.package_dirs:
-            self.workspace = workspace
+        # Taken even when the packages stayed: its metadata error (or none) is
+        # what `rbd status` shows.
+        replan = workspace.package_dirs != self.workspace.package_dirs
+        self.workspace = workspace
+        if replan:
             self.watcher.replan(workspace)
 
     async def _run_build(self, trigger: list[str], first_seen: float | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tomllib
@@ -17,6 +18,10 @@ from daemon.errors import CargoMissing, ProjectError
 from daemon.timings import cargo_version
 
 METADATA_TIMEOUT_S = 60.0
+# A source excerpt's lines as cargo renders them under a TOML error: `|`, `5 | [deps`, `|   ^`.
+_EXCERPT = re.compile(r"^(\d+\s*)?\|")
+# The one-line error stays readable in `rbd status`; `rbd show` keeps the build's full text.
+MAX_ERROR_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -103,11 +108,25 @@ def _with_transitive_path_deps(dirs: list[Path]) -> tuple[Path, ...]:
 
 
 def _first_error(stderr: str) -> str:
+    """cargo's first error on one line (`rbd start` prints it, `rbd status` shows it): the
+    message, where it points (` --> Cargo.toml:5:14`) and every `Caused by:` reason, since
+    the last reason is often the one that says what to fix (a member's missing Cargo.toml).
+    The source excerpt under a TOML error is left out: on one line it is noise."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    for i, line in enumerate(lines):
-        if line.startswith("error"):
-            return " ".join(lines[i : i + 3])
-    return lines[0] if lines else "cargo metadata failed"
+    start = next((i for i, line in enumerate(lines) if line.startswith("error")), None)
+    if start is None:
+        return lines[0] if lines else "cargo metadata failed"
+    text = lines[start]
+    separator = " "
+    for line in lines[start + 1 :]:
+        if line.startswith(("error", "warning")):
+            break
+        if line == "Caused by:":
+            separator = ": "
+        elif not _EXCERPT.match(line):
+            text += separator + line
+            separator = " "
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
 async def load(
