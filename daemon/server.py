@@ -5,23 +5,48 @@ Nothing a client sends can take the daemon down: a malformed line gets an
 error reply, an oversized one an error and a closed connection, a peer of
 another uid `forbidden` and a closed connection; any unexpected exception
 is logged and answered as `internal`.
+
+Nor can a client hold the daemon's resources for ever:
+
+- a connection must say hello within HELLO_TIMEOUT_S of connecting;
+- a line, once begun, must be finished (its newline sent) within
+  LINE_TIMEOUT_S; otherwise the connection gets a `bad_request` error and is
+  closed. A greeted connection with no line begun may stay idle for as long
+  as it likes (`rbd tail` does, for hours);
+- at most MAX_CONNECTIONS connections are served at once; one more gets a
+  `busy` error and is closed (within REFUSAL_LINGER_S), so that a flood of
+  connections cannot exhaust the daemon's file descriptors (accept() failing
+  would take the listener, and so the daemon, down). By default it is 256, or
+  half the daemon's descriptor limit if that is lower (the other half is for
+  the watchers, the store and cargo's pipes).
+
+Each bound can be set by an environment variable of the daemon's process,
+read once when the daemon starts (they exist so that tests need not wait
+10 s); a value that is not valid refuses to start the daemon rather than
+silently using the default:
+
+    RBD_HELLO_TIMEOUT_S   seconds, MIN_TIMEOUT_S..MAX_TIMEOUT_S   (default 10)
+    RBD_LINE_TIMEOUT_S    seconds, MIN_TIMEOUT_S..MAX_TIMEOUT_S   (default 10)
+    RBD_MAX_CONNECTIONS   an integer, 1..MAX_MAX_CONNECTIONS
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
-from collections.abc import Awaitable, Callable
+import resource
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
 from anyio.abc import SocketAttribute, SocketStream
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from client import protocol
 from client.errors import ProtocolError
-from daemon import advisor, bench, benchjob
-from daemon.errors import DaemonError, NotFound, NotWatched
+from daemon import handlers
+from daemon.errors import ConfigError, DaemonError
 from daemon.events import Subscription
 from daemon.runtime import peer_uid
 
@@ -30,30 +55,155 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("server")
 
-# A client that has not said hello by then is gone or hostile.
-HELLO_TIMEOUT_S = 10.0
+HELLO_TIMEOUT_ENV = "RBD_HELLO_TIMEOUT_S"
+LINE_TIMEOUT_ENV = "RBD_LINE_TIMEOUT_S"
+MAX_CONNECTIONS_ENV = "RBD_MAX_CONNECTIONS"
+MIN_TIMEOUT_S = 0.05
+MAX_TIMEOUT_S = 3600.0
+# Each connection may buffer a line of up to MAX_REQUEST_BYTES: this many would be 64 GB.
+MAX_MAX_CONNECTIONS = 65536
+DEFAULT_MAX_CONNECTIONS = 256
 SEND_TIMEOUT_S = 10.0
+RECEIVE_BYTES = 1 << 16
+# Requests are a few levels deep (an env, overrides); the limit keeps every reply
+# encodable, an echoed id included: json recurses, and a request nested nearly as
+# deep as it could decode would be a reply nested a level deeper than it can encode.
+MAX_NESTING = 64
 
-Handler = Callable[["Connection", dict[str, Any]], Awaitable[dict[str, Any]]]
+
+def _seconds(name: str, default: float, env: Mapping[str, str] | None = None) -> float:
+    raw = (os.environ if env is None else env).get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds (got {raw!r})") from None
+    if not MIN_TIMEOUT_S <= value <= MAX_TIMEOUT_S:  # NaN fails this too
+        raise ConfigError(
+            f"{name} must be between {MIN_TIMEOUT_S:g} and {MAX_TIMEOUT_S:g} (got {raw!r})"
+        )
+    return value
+
+
+def default_max_connections() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return DEFAULT_MAX_CONNECTIONS
+    return max(1, min(DEFAULT_MAX_CONNECTIONS, soft // 2))
+
+
+def max_connections(env: Mapping[str, str] | None = None) -> int:
+    """The connection cap the environment asks for (default: default_max_connections())."""
+    raw = (os.environ if env is None else env).get(MAX_CONNECTIONS_ENV, "").strip()
+    if not raw:
+        return default_max_connections()
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{MAX_CONNECTIONS_ENV} must be an integer (got {raw!r})") from None
+    if not 1 <= value <= MAX_MAX_CONNECTIONS:
+        raise ConfigError(
+            f"{MAX_CONNECTIONS_ENV} must be between 1 and {MAX_MAX_CONNECTIONS} (got {value})"
+        )
+    return value
+
+
+# A client that has not said hello by then is gone or hostile.
+HELLO_TIMEOUT_S = _seconds(HELLO_TIMEOUT_ENV, 10.0)
+# A line begun and not finished by then: a slowloris, or a client that forgot the newline.
+LINE_TIMEOUT_S = _seconds(LINE_TIMEOUT_ENV, 10.0)
+MAX_CONNECTIONS = max_connections()
+
+# Connections being served (one daemon per process). Refused ones are not counted.
+_open_connections = 0
+# A refused connection is told why, then kept until the client's first request
+# arrives, for at most REFUSAL_LINGER_S: closed at once, it would meet that request
+# with a reset, and the client report a broken pipe without reading why. Only this
+# many linger at a time (the others are closed at once), so that the descriptors
+# they hold stay within the budget too.
+REFUSAL_LINGER_S = 1.0
+MAX_LINGERING = max(1, MAX_CONNECTIONS // 8)
+_lingering = 0
+# Refusals since the last one logged: a flood must not flood the log as well.
+_refused = 0
+_refusal_logged_at = -math.inf
+REFUSAL_LOG_INTERVAL_S = 60.0
 
 
 class Connection:
     def __init__(self, daemon: Daemon, stream: SocketStream) -> None:
         self.daemon = daemon
         self.stream = stream
-        self.reader = BufferedByteReceiveStream(stream)
+        # Received bytes not yet part of a line answered.
+        self.buffer = bytearray()
         self.send_lock = anyio.Lock()
         self.subscription: Subscription | None = None
         self.closing = anyio.Event()
         self.tasks: anyio.abc.TaskGroup | None = None
+        self.shutdown_after_reply = False
 
     async def send(self, message: dict[str, Any]) -> None:
         async with self.send_lock:
             with anyio.fail_after(SEND_TIMEOUT_S):
-                await self.stream.send(protocol.encode(message))
+                await self.stream.send(_encode(message))
+
+
+def _encode(message: dict[str, Any]) -> bytes:
+    try:
+        return protocol.encode(message)
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON may carry "\ud800") in an echoed id or in a message
+        # quoting a path: escaped, it is still JSON and decodes to the same string.
+        return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
 async def handle(daemon: Daemon, stream: SocketStream) -> None:
+    global _open_connections
+    if _open_connections >= MAX_CONNECTIONS:
+        await _refuse(stream)
+        return
+    _open_connections += 1
+    try:
+        await _handle(daemon, stream)
+    finally:
+        _open_connections -= 1
+
+
+async def _refuse(stream: SocketStream) -> None:
+    global _refused, _refusal_logged_at
+    _refused += 1
+    now = anyio.current_time()
+    if now - _refusal_logged_at >= REFUSAL_LOG_INTERVAL_S:
+        log.warning("connections_refused", refused=_refused, max_connections=MAX_CONNECTIONS)
+        _refused, _refusal_logged_at = 0, now
+    message = (
+        f"too many connections to the daemon (it serves at most {MAX_CONNECTIONS}): "
+        "try again when one of them has closed"
+    )
+    async with stream:
+        await _say_and_close(stream, protocol.error(None, protocol.BUSY, message))
+
+
+async def _say_and_close(stream: SocketStream, error: dict[str, Any]) -> None:
+    """Send a refusal, then wait (briefly) for the client's first request before the
+    caller closes: a client whose hello met a closed socket would see only a broken
+    pipe, never the refusal."""
+    global _lingering
+    try:
+        with anyio.move_on_after(REFUSAL_LINGER_S):
+            await stream.send(protocol.encode(error))
+            if _lingering < MAX_LINGERING:
+                _lingering += 1
+                try:
+                    await stream.receive(RECEIVE_BYTES)
+                finally:
+                    _lingering -= 1
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError):
+        pass
+
+
+async def _handle(daemon: Daemon, stream: SocketStream) -> None:
     connection = Connection(daemon, stream)
     try:
         async with stream:
@@ -61,9 +211,8 @@ async def handle(daemon: Daemon, stream: SocketStream) -> None:
             uid = peer_uid(raw)
             if uid is not None and uid != os.getuid():
                 log.warning("peer_forbidden", uid=uid)
-                await connection.send(
-                    protocol.error(None, protocol.FORBIDDEN, "this daemon belongs to another user")
-                )
+                message = "this daemon belongs to another user"
+                await _say_and_close(stream, protocol.error(None, protocol.FORBIDDEN, message))
                 return
             async with anyio.create_task_group() as tg:
                 connection.tasks = tg
@@ -80,18 +229,50 @@ async def handle(daemon: Daemon, stream: SocketStream) -> None:
             daemon.hub.unsubscribe(connection.subscription)
 
 
+class _Unfinished(Exception):
+    """A line was begun and not finished within LINE_TIMEOUT_S."""
+
+
+async def _receive_line(connection: Connection, hello_deadline: float) -> bytes:
+    """The next line, without its newline.
+
+    Raises DelimiterNotFound if it is longer than MAX_REQUEST_BYTES, _Unfinished if
+    it was begun and not finished in time, TimeoutError at hello_deadline, and
+    EndOfStream if the client left (mid-line or not).
+    """
+    buffer = connection.buffer
+    scanned = 0
+    line_deadline = math.inf
+    while True:
+        end = buffer.find(b"\n", scanned)
+        if end >= 0:
+            if end > protocol.MAX_REQUEST_BYTES:
+                raise anyio.DelimiterNotFound(protocol.MAX_REQUEST_BYTES)
+            line = bytes(buffer[:end])
+            del buffer[: end + 1]
+            return line
+        if len(buffer) > protocol.MAX_REQUEST_BYTES:
+            raise anyio.DelimiterNotFound(protocol.MAX_REQUEST_BYTES)
+        scanned = len(buffer)
+        if buffer and line_deadline == math.inf:
+            # From when this line was first waited for, however its bytes trickle in.
+            line_deadline = anyio.current_time() + LINE_TIMEOUT_S
+        with anyio.CancelScope(deadline=min(line_deadline, hello_deadline)) as scope:
+            chunk = await connection.stream.receive(RECEIVE_BYTES)
+        if scope.cancelled_caught:
+            if line_deadline <= hello_deadline:
+                raise _Unfinished
+            raise TimeoutError
+        buffer += chunk
+
+
 async def _serve_requests(connection: Connection) -> None:
     greeted = False
+    hello_deadline = anyio.current_time() + HELLO_TIMEOUT_S
     try:
         while True:
             try:
-                if greeted:
-                    line = await connection.reader.receive_until(b"\n", protocol.MAX_REQUEST_BYTES)
-                else:
-                    with anyio.fail_after(HELLO_TIMEOUT_S):
-                        line = await connection.reader.receive_until(
-                            b"\n", protocol.MAX_REQUEST_BYTES
-                        )
+                line = await _receive_line(connection, math.inf if greeted else hello_deadline)
             except anyio.DelimiterNotFound:
                 await connection.send(
                     protocol.error(
@@ -101,7 +282,11 @@ async def _serve_requests(connection: Connection) -> None:
                     )
                 )
                 return
-            except (anyio.IncompleteRead, anyio.EndOfStream, TimeoutError):
+            except _Unfinished:
+                message = f"request line not finished within {LINE_TIMEOUT_S:g} s"
+                await connection.send(protocol.error(None, protocol.BAD_REQUEST, message))
+                return
+            except (anyio.EndOfStream, TimeoutError):
                 return
             if not line.strip():
                 continue
@@ -109,6 +294,8 @@ async def _serve_requests(connection: Connection) -> None:
             if reply.get("ok") and not greeted:
                 greeted = True
             await connection.send(reply)
+            if connection.shutdown_after_reply:
+                connection.daemon.request_shutdown()
             if close:
                 return
     except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError, OSError):
@@ -122,9 +309,14 @@ async def _answer(
 ) -> tuple[dict[str, Any], bool]:
     """The reply to one request line, and whether to close the connection after it."""
     try:
-        request = protocol.decode(line)
+        request: dict[str, Any] | None = protocol.decode(line)
     except ProtocolError as exc:
         return protocol.error(None, protocol.BAD_REQUEST, str(exc)), False
+    except RecursionError:
+        request = None  # deeper than json itself can decode
+    if request is None or _too_deep(request):
+        message = f"request nested deeper than {MAX_NESTING} levels"
+        return protocol.error(None, protocol.BAD_REQUEST, message), False
     request_id = request.get("id")
     op = request.get("op")
     if not isinstance(op, str):
@@ -139,7 +331,7 @@ async def _answer(
             message = protocol.mismatch_message(protocol.PROTOCOL_VERSION, version)
             return protocol.error(request_id, protocol.PROTOCOL_MISMATCH, message), True
         return protocol.ok(request_id, **connection.daemon.hello()), False
-    handler = HANDLERS.get(op)
+    handler = handlers.HANDLERS.get(op)
     if handler is None:
         known = ", ".join(sorted(protocol.OPS))
         return protocol.error(
@@ -157,163 +349,16 @@ async def _answer(
     return protocol.ok(request_id, **results), False
 
 
-def _arg(request: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
-    value = request.get(name, default)
-    if value is None and default is None:
-        return None
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise ValueError(f"{name!r} must be {kind.__name__}")
-    return value
-
-
-async def _status(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    return connection.daemon.status(_arg(request, "path", str))
-
-
-async def _start(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    path = _arg(request, "path", str)
-    if path is None:
-        raise ValueError("'path' is required")
-    env = _arg(request, "env", dict, {})
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise ValueError("'env' must map strings to strings")
-    overrides = _arg(request, "overrides", dict, {})
-    project, already = await connection.daemon.registry.start(path, env, overrides)
-    return {"project": project.status(), "already": already}
-
-
-async def _stop(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    root = connection.daemon.resolve_watched(_arg(request, "path", str))
-    await connection.daemon.registry.stop(root)
-    return {"root": root}
-
-
-async def _shutdown(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    connection.daemon.request_shutdown()
-    return {"pid": os.getpid()}
-
-
-async def _history(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    limit = _arg(request, "limit", int, 20)
-    if limit < 1:
-        raise ValueError("'limit' must be at least 1")
-    project = None
-    if not _arg(request, "all", bool, False):
-        project = await connection.daemon.resolve_known(_arg(request, "path", str))
-    builds = await connection.daemon.store.call(
-        connection.daemon.store.sync.history, project, limit
-    )
-    return {"project": project, "builds": builds}
-
-
-async def _show(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    build_id = _arg(request, "build_id", int)
-    if build_id is None:
-        raise ValueError("'build_id' is required")
-    build = await connection.daemon.store.call(connection.daemon.store.sync.build, build_id)
-    if build is None:
-        raise NotFound(f"no finished build with id {build_id}")
-    return {"build": build}
-
-
-async def _subscribe(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    if connection.subscription is not None:
-        raise ValueError("already subscribed")
-    path = _arg(request, "path", str)
-    project = connection.daemon.resolve_watched(path) if path else None
-    subscription = connection.daemon.hub.subscribe(project)
-    connection.subscription = subscription
-
-    async def forward() -> None:
-        try:
-            async for event in subscription.receive:
-                await connection.send(event)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError, OSError):
-            pass
-        # The hub dropped a subscriber that stopped reading, or the client left.
-        connection.closing.set()
-
-    assert connection.tasks is not None
-    connection.tasks.start_soon(forward)
-    return {"project": project}
-
-
-async def _advised_project(
-    connection: Connection, request: dict[str, Any]
-) -> tuple[str, dict[str, str]]:
-    """The project a suggest/tune request is about, and the environment its builds use:
-    a watched project's own, else (a project with recorded builds) the client's."""
-    path = _arg(request, "path", str)
-    project = connection.daemon.registry.find(path)
-    if project is not None:
-        return project.key, project.env
-    root = await connection.daemon.resolve_known(path)
-    if root is None:
-        raise NotWatched(f"{path} is not a project rbd watches or has builds of (`rbd start`)")
-    env = _arg(request, "env", dict, {})
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise ValueError("'env' must map strings to strings")
-    return root, env
-
-
-async def _suggest(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    root, env = await _advised_project(connection, request)
-    return await advisor.suggestions(connection.daemon.store, root, env)
-
-
-async def _tune_apply(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    root, env = await _advised_project(connection, request)
-    ids = _arg(request, "ids", list, [])
-    if not all(isinstance(i, str) for i in ids):
-        raise ValueError("'ids' must be a list of strings")
-    dry_run = _arg(request, "dry_run", bool, False)
-    return await advisor.apply(connection.daemon.store, root, env, ids, dry_run)
-
-
-async def _tune_revert(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    root, _ = await _advised_project(connection, request)
-    tune_id = _arg(request, "tune_id", int)
-    force = _arg(request, "force", bool, False)
-    return await advisor.revert(connection.daemon.store, root, tune_id, force)
-
-
-async def _bench(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    path = _arg(request, "path", str)
-    if path is None or not path.startswith("/"):
-        raise ValueError("'path' must be an absolute path")
-    names = _arg(request, "configs", list)
-    modes = _arg(request, "modes", list, list(bench.MODES))
-    if not all(isinstance(n, str) for n in [*(names or []), *modes]):
-        raise ValueError("'configs' and 'modes' must be lists of strings")
-    env = _arg(request, "env", dict, {})
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise ValueError("'env' must map strings to strings")
-    options = bench.Options(
-        configs=tuple(names) if names is not None else None,
-        runs=_arg(request, "runs", int, 6),
-        warmup=_arg(request, "warmup", int, 2),
-        modes=tuple(modes),
-        edit=_arg(request, "edit", str),
-    ).check()
-    detach = _arg(request, "detach", bool, False)
-    return await benchjob.start(connection.daemon, path, env, options, detach)
-
-
-async def _bench_cancel(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    return benchjob.cancel(connection.daemon, _arg(request, "path", str))
-
-
-HANDLERS: dict[str, Handler] = {
-    protocol.BENCH: _bench,
-    protocol.BENCH_CANCEL: _bench_cancel,
-    protocol.SUGGEST: _suggest,
-    protocol.TUNE_APPLY: _tune_apply,
-    protocol.TUNE_REVERT: _tune_revert,
-    protocol.STATUS: _status,
-    protocol.START: _start,
-    protocol.STOP: _stop,
-    protocol.SHUTDOWN: _shutdown,
-    protocol.HISTORY: _history,
-    protocol.SHOW: _show,
-    protocol.SUBSCRIBE: _subscribe,
-}
+def _too_deep(value: Any) -> bool:
+    # Level by level rather than recursively: recursion is what it guards against.
+    level = [value]
+    for _ in range(MAX_NESTING):
+        level = [
+            inner
+            for outer in level
+            if isinstance(outer, (dict, list))
+            for inner in (outer.values() if isinstance(outer, dict) else outer)
+        ]
+        if not level:
+            return False
+    return True

@@ -82,5 +82,18 @@ def test_bad_tune_requests_are_clear_errors(rbd: Rbd, tmp_path: Path) -> None:
     nothing = rbd.run("tune", "revert", cwd=crate)
     assert nothing.returncode == 1 and "no applied tune" in nothing.stderr
     elsewhere = rbd.run("suggest", cwd=tmp_path)
-    assert elsewhere.returncode == 1 and "not a project rbd watches" in elsewhere.stderr
+    assert elsewhere.returncode == 1 and "not inside a project rbd watches" in elsewhere.stderr
+    assert (crate / "Cargo.toml").read_text() == MANIFEST
+
+
+def test_advice_and_tuning_need_a_watched_project(rbd: Rbd, tmp_path: Path) -> None:
+    # Recorded builds are not enough: suggest probes the toolchain and apply runs
+    # cargo, in projects their user currently watches only.
+    crate = rebuilt_three_times(rbd, tmp_path)
+    rbd.ok("stop", cwd=crate)
+    for command in (["suggest"], ["tune", "apply", "debuginfo-line-tables"], ["tune", "revert"]):
+        done = rbd.run(*command, cwd=crate)
+        assert done.returncode == 1 and "not inside a project rbd watches" in done.stderr
+    # History still reads it.
+    assert json.loads(rbd.ok("history", "--json", cwd=crate))
     assert (crate / "Cargo.toml").read_text() == MANIFEST
