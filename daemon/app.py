@@ -12,7 +12,6 @@ from typing import Any
 
 import anyio
 import structlog
-from anyio.abc import SocketStream
 
 import client
 from client import paths, protocol
@@ -29,6 +28,8 @@ log = structlog.get_logger("daemon")
 
 # How often builds a failing store could not take are offered to it again.
 STORE_RETRY_S = 2.0
+# After a failed accept(): builds and connections ending free descriptors meanwhile.
+ACCEPT_RETRY_S = 0.1
 
 
 class Daemon:
@@ -106,11 +107,18 @@ class Daemon:
             except DaemonError as exc:
                 log.error("resume_failed", root=root, error=str(exc))
 
-    async def _serve(self, listener: anyio.abc.Listener[SocketStream]) -> None:
-        async def handle(stream: SocketStream) -> None:
-            await server.handle(self, stream)
-
-        await listener.serve(handle)
+    async def _serve(self, listener: anyio.abc.SocketListener) -> None:
+        # Not listener.serve(): an accept() failing (out of file descriptors,
+        # EMFILE) would end it, and the daemon with it.
+        async with anyio.create_task_group() as tg:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except (OSError, anyio.BrokenResourceError) as exc:
+                    log.error("accept_failed", error=str(exc))
+                    await anyio.sleep(ACCEPT_RETRY_S)
+                    continue
+                tg.start_soon(server.handle, self, stream)
 
     async def _retry_store(self) -> None:
         # A freed disk should not wait for the next save to be noticed.

@@ -735,3 +735,25 @@ def test_a_flood_of_connections_is_refused_beyond_the_cap(
     assert rbd.daemon_pid() == pid
     assert wait_until(lambda: open_fds(pid) <= fds)
     print(f"\nflood of {len(flood)} connections, descriptors limited: {limited}")
+
+
+def test_running_out_of_descriptors_below_the_cap_does_not_end_the_daemon(
+    rbd: Rbd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid = start(rbd, monkeypatch)
+    fds = open_fds(pid)
+    try:
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (fds + 8, hard))
+    except (PermissionError, OSError) as exc:
+        pytest.skip(f"cannot lower the daemon's descriptor limit: {exc}")
+    try:
+        # Far below the connection cap, far above the descriptors: accept() fails
+        # with EMFILE while these wait in the listen backlog.
+        with held([Peer(rbd.socket) for _ in range(40)]):
+            log = Path(rbd.store).with_name("rbd.log")
+            assert wait_until(lambda: "accept_failed" in log.read_text())
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+    assert wait_until(lambda: rbd.run("status").returncode == 0)
+    assert rbd.daemon_pid() == pid
