@@ -248,10 +248,10 @@ def test_bench_outside_a_cargo_project_and_bad_usage(rbd: Rbd, tmp_path: Path) -
 
 def test_a_raw_request_needs_an_absolute_path(rbd: Rbd, tmp_path: Path) -> None:
     rbd.start_daemon()
-    for path, message in ((None, "required"), ("relative/dir", "absolute")):
+    for path in (None, "relative/dir"):
         with pytest.raises(RequestFailed) as failed:
             rbd.request(protocol.BENCH, path=path)
-        assert failed.value.code == protocol.BAD_REQUEST and message in str(failed.value)
+        assert failed.value.code == protocol.BAD_REQUEST and "absolute" in str(failed.value)
 
 
 def test_the_daemon_benches_only_watched_projects(rbd: Rbd, tmp_path: Path) -> None:
