@@ -113,6 +113,11 @@ def status(data: dict[str, Any]) -> str:
     ]
     if daemon.get("store_error"):
         lines.append(f"  store error: {daemon['store_error']}")
+    if daemon.get("unsaved_builds") or daemon.get("lost_builds"):
+        lines.append(
+            f"  {daemon.get('unsaved_builds', 0)} builds wait in memory for the store"
+            f" ({daemon.get('lost_builds', 0)} lost)"
+        )
     if not data["projects"]:
         lines.append("no watched projects (`rbd start` in a Cargo project)")
     for project in data["projects"]:

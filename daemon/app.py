@@ -72,6 +72,8 @@ class Daemon:
                 "store_error": self.store.error,
                 # Finished builds waiting in memory for a failing store.
                 "unsaved_builds": len(self.store.unsaved),
+                # Dropped, oldest first, once more than MAX_UNSAVED waited.
+                "lost_builds": self.store.dropped,
                 "subscribers": len(self.hub),
             },
             "projects": [project.status() for project in projects],

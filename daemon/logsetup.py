@@ -14,18 +14,16 @@ MAX_LOG_BYTES = 20 << 20
 
 class LogFile:
     """The log's file, written a line at a time, unbuffered. A line that cannot be
-    written (disk full, I/O error) is dropped and counted: the daemon must outlive
-    its log, and the line cannot be written anywhere else either."""
+    written (disk full, I/O error) is dropped: the daemon must outlive its log,
+    and the line could not be written anywhere else either."""
 
     def __init__(self, file: BinaryIO) -> None:
         self.file = file
-        self.dropped = 0
 
     def write(self, text: str) -> int:
         try:
             return self.file.write(text.encode("utf-8", "backslashreplace"))
         except OSError:
-            self.dropped += 1
             return 0
 
     def flush(self) -> None:

@@ -86,8 +86,9 @@ def test_a_full_disk_under_the_store_stops_no_build_and_loses_nothing(
                 outage.append(build)
             daemon = status(rbd)["daemon"]
             assert "full" in daemon["store_error"], daemon
-            assert daemon["unsaved_builds"] == 2
-            assert "store error" in rbd.ok("status")
+            assert daemon["unsaved_builds"] == 2 and daemon["lost_builds"] == 0
+            shown = rbd.ok("status")
+            assert "store error" in shown and "2 builds wait in memory" in shown
             # What the store had stays readable while it cannot take more.
             history = json.loads(rbd.ok("history", "--json", cwd=crate))
             assert [b["id"] for b in history] == [first["id"]]
