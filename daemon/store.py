@@ -202,13 +202,7 @@ class Store:
         config: str,
     ) -> int:
         with self._transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO builds (project, started_at, trigger, command, config)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (project, started_at, json.dumps(trigger), json.dumps(command), config),
-            )
-            assert cursor.lastrowid is not None
-            return cursor.lastrowid
+            return _insert_build(db, project, started_at, trigger, command, config)
 
     def set_process_group(self, build_id: int, pgid: int, pg_start: int | None) -> None:
         with self._transaction() as db:
@@ -232,14 +226,9 @@ class Store:
     ) -> int:
         """A finished build in one go: one the store could not take while it ran."""
         with self._transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO builds (project, started_at, trigger, command, config)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (project, started_at, json.dumps(trigger), json.dumps(command), config),
-            )
-            assert cursor.lastrowid is not None
-            _write_result(db, cursor.lastrowid, result)
-            return cursor.lastrowid
+            build_id = _insert_build(db, project, started_at, trigger, command, config)
+            _write_result(db, build_id, result)
+            return build_id
 
     def running_builds(self) -> list[tuple[int, int | None, int | None]]:
         """Builds begun and never finished: (id, pgid, pg_start) of each."""
@@ -401,6 +390,23 @@ class Store:
     def watched_projects(self) -> list[tuple[str, dict[str, str], dict[str, Any]]]:
         rows = self._db.execute("SELECT root, env, overrides FROM projects ORDER BY added_at")
         return [(r["root"], json.loads(r["env"]), json.loads(r["overrides"])) for r in rows]
+
+
+def _insert_build(
+    db: sqlite3.Connection,
+    project: str,
+    started_at: str,
+    trigger: list[str],
+    command: list[str],
+    config: str,
+) -> int:
+    cursor = db.execute(
+        "INSERT INTO builds (project, started_at, trigger, command, config)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (project, started_at, json.dumps(trigger), json.dumps(command), config),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
 
 
 def _write_result(db: sqlite3.Connection, build_id: int, result: BuildResult) -> None:
