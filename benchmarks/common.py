@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.daemon_loop import Row, percentile, report  # noqa: E402
-from client import protocol  # noqa: E402
+from rbd.contract import protocol  # noqa: E402
 from tests.conftest import Events, Rbd  # noqa: E402
 
 __all__ = [

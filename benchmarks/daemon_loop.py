@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from client import protocol  # noqa: E402
+from rbd.contract import protocol  # noqa: E402
 from tests.conftest import Rbd, make_crate  # noqa: E402
 
 

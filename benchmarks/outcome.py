@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ROOT, Row, private_daemon, report
-from daemon import benchsource
+from rbd.daemon.bench import source
 from tests.conftest import Events, make_crate
 
 WEBAPP = ROOT / "benchmarks" / "webapp"
@@ -37,7 +37,7 @@ TOP = 3
 def edit_rebuilds(events: Events, file: Path, count: int, first: int) -> list[float]:
     """Wall times of the daemon's rebuilds after count edits of file."""
     original = file.read_text()
-    edit = benchsource.plan_edit(original)
+    edit = source.plan_edit(original)
     walls = []
     for n in range(first, first + count):
         file.write_text(edit.apply(original, n))

@@ -33,11 +33,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.daemon_loop import Row, report  # noqa: E402
-from client import paths  # noqa: E402
-from daemon.builder import Build  # noqa: E402
-from daemon.config import ProjectConfig  # noqa: E402
-from daemon.shim import Shim, Shims  # noqa: E402
-from daemon.timings import cargo_version  # noqa: E402
+from rbd.contract import paths  # noqa: E402
+from rbd.daemon.build.builder import Build  # noqa: E402
+from rbd.daemon.build.shim import Shim, Shims  # noqa: E402
+from rbd.daemon.build.timings import cargo_version  # noqa: E402
+from rbd.daemon.projects.settings import ProjectConfig  # noqa: E402
 
 HANDLERS = Path("src") / "handlers.rs"
 

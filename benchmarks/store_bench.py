@@ -37,11 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.daemon_loop import Row, percentile, report  # noqa: E402
-from client import protocol  # noqa: E402
-from client.connection import Connection  # noqa: E402
-from daemon import probe, suggest  # noqa: E402
-from daemon.records import BuildResult, UnitRecord  # noqa: E402
-from daemon.store import Store  # noqa: E402
+from rbd.client.connection import Connection  # noqa: E402
+from rbd.contract import protocol  # noqa: E402
+from rbd.daemon.advice import probe  # noqa: E402
+from rbd.daemon.advice import rules as suggest  # noqa: E402
+from rbd.daemon.build.records import BuildResult, UnitRecord  # noqa: E402
+from rbd.daemon.store.sqlite import Store  # noqa: E402
 from tests.conftest import Rbd, make_crate  # noqa: E402
 
 # Figure 5: one request every 5 ms on a fixed schedule.

@@ -34,8 +34,8 @@ from benchmarks.common import (  # noqa: E402
     remove_shared_cache,
     report,
 )
-from daemon.scheduler import STORM_QUIET_S  # noqa: E402
-from daemon.watcher import WATCH_DEBOUNCE_MS  # noqa: E402
+from rbd.daemon.watch.scheduler import STORM_QUIET_S  # noqa: E402
+from rbd.daemon.watch.watcher import WATCH_DEBOUNCE_MS  # noqa: E402
 from tests.conftest import make_crate  # noqa: E402
 
 FILES = 2000

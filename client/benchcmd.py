@@ -9,9 +9,10 @@ import json
 import os
 import sys
 
-from client import benchtable, protocol
-from client.connection import Connection
-from client.errors import RbdError, RequestFailed, UsageError
+from rbd.client import benchtable
+from rbd.client.connection import Connection
+from rbd.client.errors import RbdError, RequestFailed, UsageError
+from rbd.contract import protocol
 
 # `import typing` costs ~2 ms of the client's start; mypy honours this name all the same.
 TYPE_CHECKING = False
@@ -80,7 +81,7 @@ def _show_progress(event: dict[str, Any], live: bool) -> None:
 
 
 def _daemon_job(request: dict[str, Any], live: bool, detach: bool) -> dict[str, Any] | None:
-    from client.spawn import connect_or_spawn
+    from rbd.client.spawn import connect_or_spawn
 
     with connect_or_spawn() as conn:
         if detach:
@@ -116,9 +117,9 @@ def _daemon_job(request: dict[str, Any], live: bool, detach: bool) -> dict[str, 
 
 def _foreground(request: dict[str, Any], live: bool) -> dict[str, Any]:
     # The daemon's modules (anyio, structlog...) are loaded on this path only.
-    from daemon import benchjob
-    from daemon.bench import Options
-    from daemon.errors import DaemonError
+    from rbd.daemon.bench import job as benchjob
+    from rbd.daemon.bench.runner import Options
+    from rbd.daemon.errors import DaemonError
 
     try:
         options = Options(

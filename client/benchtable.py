@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from client.render import seconds
+from rbd.client.render import seconds
 
 # `import typing` costs ~2 ms of the client's start; mypy honours this name all the same.
 TYPE_CHECKING = False

@@ -11,9 +11,9 @@ import json
 import os
 import sys
 
-from client import protocol
-from client.connection import Connection
-from client.errors import ProtocolMismatch, RbdError, UsageError
+from rbd.client.connection import Connection
+from rbd.client.errors import ProtocolMismatch, RbdError, UsageError
+from rbd.contract import protocol
 
 # `import typing` costs ~2 ms of the client's start; mypy honours this name all the same.
 TYPE_CHECKING = False
@@ -36,7 +36,7 @@ def _dir(value: str | None) -> str:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from client.spawn import connect_or_spawn
+    from rbd.client.spawn import connect_or_spawn
 
     overrides: dict[str, Any] = {}
     if args.command is not None:
@@ -82,7 +82,7 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from client import paths
+    from rbd.contract import paths
 
     deadline = time.monotonic() + 15
     try:
@@ -117,7 +117,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(data)
     else:
-        from client import render
+        from rbd.client import render
 
         print(render.status(data))
     return 0
@@ -131,7 +131,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(reply["builds"])
     else:
-        from client import render
+        from rbd.client import render
 
         if reply["project"]:
             print(f"{reply['project']}")
@@ -145,7 +145,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(build)
     else:
-        from client import render
+        from rbd.client import render
 
         print(render.show(build))
     return 0
@@ -154,7 +154,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_tail(args: argparse.Namespace) -> int:
     import time
 
-    from client import render
+    from rbd.client import render
 
     with Connection.open() as conn:
         reply = conn.request(protocol.SUBSCRIBE, path=_dir(args.dir) if args.dir else None)
@@ -205,7 +205,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(data)
     else:
-        from client import render
+        from rbd.client import render
 
         print(render.suggestions(data))
     return 0
@@ -238,14 +238,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(reply)
     else:
-        from client import render
+        from rbd.client import render
 
         print(render.tune(args.action, reply))
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from client import paths
+    from rbd.contract import paths
 
     log_path = paths.log_path()
     if not args.follow:
@@ -269,13 +269,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from client.benchcmd import cmd_bench
+    from rbd.client.benchcmd import cmd_bench
 
     return cmd_bench(args)
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from daemon.main import run
+    from rbd.daemon.main import run
 
     return run(["--foreground"] if args.foreground else [])
 

@@ -7,14 +7,15 @@ import os
 import socket
 import time
 
-from client import paths, protocol
-from client.errors import (
+from rbd.client.errors import (
     DaemonUnreachable,
     ProtocolError,
     ProtocolMismatch,
     RbdError,
     RequestFailed,
 )
+from rbd.contract import paths, protocol
+from rbd.contract.peer import peer_credentials
 
 # `import typing` costs ~2 ms of the client's start; mypy honours this name all the same.
 TYPE_CHECKING = False
@@ -51,7 +52,7 @@ class Connection:
                 f"no rbd daemon answers on {path} ({exc.strerror or exc}); "
                 "`rbd start` in a Cargo project starts one"
             ) from None
-        peer = _peer(sock)
+        peer = peer_credentials(sock)
         if peer is not None and peer[1] != os.getuid():
             sock.close()
             # Whoever could put their socket there would get what we send (with
@@ -143,18 +144,3 @@ class Connection:
             message = self.poll(tick_s)
             if message is None or "event" in message:
                 yield message
-
-
-
-def _peer(sock: socket.socket) -> tuple[int, int] | None:
-    """(pid, uid) of the process at the other end of the socket (Linux only)."""
-    if not hasattr(socket, "SO_PEERCRED"):
-        return None
-    import struct
-
-    try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    except OSError:
-        return None
-    pid, uid, _gid = struct.unpack("3i", creds)
-    return int(pid), int(uid)

@@ -1,21 +1,28 @@
 """The exceptions rbd's client raises, and the exit code each one maps to.
 
-    RbdError                 base; exit code 1 (the thing asked for failed)
+    RbdError                 base (rbd.contract.errors); exit code 1 (the thing asked for failed)
     ├── UsageError           bad command line or arguments; exit code 2
     ├── RequestFailed        the daemon answered `ok: false`; carries the error code
-    ├── ProtocolError        a message that is not valid protocol (either side)
+    ├── ProtocolError        a message that is not valid protocol (rbd.contract.errors)
     └── DaemonUnreachable    no daemon answers on the socket; exit code 3
         └── ProtocolMismatch the daemon speaks another protocol version
 
 The CLI catches RbdError at its boundary and prints one line; nothing else
-should escape it. The daemon reuses ProtocolError for malformed requests.
+should escape it.
 """
 
 from __future__ import annotations
 
+from rbd.contract.errors import ProtocolError, RbdError
 
-class RbdError(Exception):
-    exit_code = 1
+__all__ = [
+    "DaemonUnreachable",
+    "ProtocolError",
+    "ProtocolMismatch",
+    "RbdError",
+    "RequestFailed",
+    "UsageError",
+]
 
 
 class UsageError(RbdError):
@@ -26,10 +33,6 @@ class RequestFailed(RbdError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-class ProtocolError(RbdError):
-    pass
 
 
 class DaemonUnreachable(RbdError):

@@ -7,9 +7,9 @@ import subprocess
 import sys
 import time
 
-from client import paths
-from client.connection import Connection
-from client.errors import DaemonUnreachable, ProtocolMismatch
+from rbd.client.connection import Connection
+from rbd.client.errors import DaemonUnreachable, ProtocolMismatch
+from rbd.contract import paths
 
 SPAWN_TIMEOUT_S = 10.0
 
@@ -25,7 +25,7 @@ def connect_or_spawn() -> Connection:
     log_path = paths.spawn_log_path()
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "daemon"],
+            [sys.executable, "-m", "rbd.daemon"],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

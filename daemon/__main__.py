@@ -1,3 +1,3 @@
-from daemon.main import run
+from rbd.daemon.main import run
 
 raise SystemExit(run())

@@ -13,16 +13,16 @@ from typing import Any
 import anyio
 import structlog
 
-import client
-from client import paths, protocol
-from daemon import procs, server
-from daemon.asyncstore import AsyncStore
-from daemon.benchjob import BenchJob
-from daemon.errors import DaemonError, NotWatched, StoreError
-from daemon.events import EventHub
-from daemon.projects import Registry
-from daemon.shim import Shims
-from daemon.store import Store
+from rbd.contract import __version__, paths, protocol
+from rbd.daemon.bench.job import BenchJob
+from rbd.daemon.build import procs
+from rbd.daemon.build.shim import Shims
+from rbd.daemon.errors import DaemonError, NotWatched, StoreError
+from rbd.daemon.projects.project import Registry
+from rbd.daemon.rpc import server
+from rbd.daemon.rpc.events import EventHub
+from rbd.daemon.store.asyncstore import AsyncStore
+from rbd.daemon.store.sqlite import Store
 
 log = structlog.get_logger("daemon")
 
@@ -48,7 +48,7 @@ class Daemon:
     def hello(self) -> dict[str, Any]:
         return {
             "protocol": protocol.PROTOCOL_VERSION,
-            "version": client.__version__,
+            "version": __version__,
             "pid": os.getpid(),
         }
 
@@ -63,7 +63,7 @@ class Daemon:
         return {
             "daemon": {
                 "pid": os.getpid(),
-                "version": client.__version__,
+                "version": __version__,
                 "protocol": protocol.PROTOCOL_VERSION,
                 "uptime_s": round(time.monotonic() - self.started, 3),
                 "socket": self.socket_path,

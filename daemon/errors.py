@@ -20,7 +20,7 @@ Everything else reaching the server's boundary is logged and answered as `intern
 
 from __future__ import annotations
 
-from client import protocol
+from rbd.contract import protocol
 
 
 class DaemonError(Exception):

@@ -1,4 +1,4 @@
-"""`python -m daemon` / `rbd daemon`: run the daemon in the foreground until told to stop."""
+"""`python -m rbd.daemon` / `rbd daemon`: run the daemon in the foreground until told to stop."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import anyio
 
-from client import paths
-from client.errors import RbdError
-from daemon import logsetup, runtime
-from daemon.errors import AlreadyRunning, DaemonError
+from rbd.contract import paths
+from rbd.contract.errors import RbdError
+from rbd.daemon import logsetup, runtime
+from rbd.daemon.errors import AlreadyRunning, DaemonError
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -39,8 +39,8 @@ def run(argv: list[str] | None = None) -> int:
         runtime.clear_stale_socket(socket_path)
         logsetup.configure(paths.log_path())
         # Imported after the lock: a second daemon racing this one exits early and cheaply.
-        from daemon.app import Daemon
-        from daemon.store import Store
+        from rbd.daemon.app import Daemon
+        from rbd.daemon.store.sqlite import Store
 
         store = Store(Path(paths.store_path()))
         anyio.run(Daemon(store).main)

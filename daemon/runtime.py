@@ -1,6 +1,6 @@
 """The daemon's runtime directory discipline (watchman's): a private directory,
-a lock taken before the socket is bound, stale sockets probed before removal,
-and the peer's uid checked on every connection.
+a lock taken before the socket is bound, stale sockets probed before removal
+(the peer's uid is checked on every connection: rbd.contract.peer).
 """
 
 from __future__ import annotations
@@ -9,10 +9,8 @@ import fcntl
 import os
 import socket
 import stat
-import struct
-import sys
 
-from daemon.errors import AlreadyRunning, UnsafeRuntimeDir
+from rbd.daemon.errors import AlreadyRunning, UnsafeRuntimeDir
 
 
 def prepare_private_dir(path: str) -> None:
@@ -83,16 +81,3 @@ def clear_stale_socket(path: str) -> bool:
         raise AlreadyRunning(f"a process is serving {path} without holding the lock")
     os.unlink(path)
     return True
-
-
-def peer_uid(sock: socket.socket) -> int | None:
-    """The uid of the process at the other end of a Unix socket, or None if unknown."""
-    if hasattr(socket, "SO_PEERCRED"):
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        return int(struct.unpack("3i", creds)[1])
-    if sys.platform == "darwin":
-        # struct xucred: u_int cr_version; uid_t cr_uid; short cr_ngroups; gid_t cr_groups[16]
-        sol_local, local_peercred = 0, 0x001
-        creds = sock.getsockopt(sol_local, local_peercred, 4 + 4 + 2 + 2 + 16 * 4)
-        return int(struct.unpack_from("I", creds, 4)[0])
-    return None

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from client import protocol
-from client.connection import Connection
+from rbd.client.connection import Connection
+from rbd.contract import protocol
 
 # How long a test waits for something the daemon is expected to do. Generous:
 # CI machines have 2 cores and cargo shares them with the test.
@@ -163,7 +163,7 @@ class Rbd:
         timeout: float = WAIT_S,
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "client", *args],
+            [sys.executable, "-m", "rbd.client", *args],
             cwd=cwd,
             env=env or self.env,
             capture_output=True,
@@ -192,7 +192,7 @@ class Rbd:
     def start_daemon(self) -> subprocess.Popen[bytes]:
         """Start the daemon without watching anything (so tests can subscribe first)."""
         process = subprocess.Popen(
-            [sys.executable, "-m", "daemon"],
+            [sys.executable, "-m", "rbd.daemon"],
             env=self.env,
             start_new_session=True,
             stdout=subprocess.DEVNULL,
@@ -261,7 +261,7 @@ def rbd() -> Iterator[Rbd]:
 
 
 def processes_in_group(pgid: int) -> list[int]:
-    from daemon.procs import group_members
+    from rbd.daemon.build.procs import group_members
 
     return [pid for pid, _ in group_members(pgid)]
 

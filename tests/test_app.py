@@ -177,7 +177,7 @@ def wait_for_history(
 
 def test_foreground_daemon_for_service_managers_stops_on_sigterm(rbd: Rbd, crate: Path) -> None:
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "client", "daemon", "--foreground"],
+        [sys.executable, "-m", "rbd.client", "daemon", "--foreground"],
         env=rbd.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -201,7 +201,7 @@ def test_foreground_daemon_for_service_managers_stops_on_sigterm(rbd: Rbd, crate
         # (systemd's Restart=on-failure then leaves it be).
         first = rbd.start_daemon()
         second = subprocess.run(
-            [sys.executable, "-m", "daemon", "--foreground"],
+            [sys.executable, "-m", "rbd.daemon", "--foreground"],
             env=rbd.env,
             capture_output=True,
             text=True,
@@ -244,7 +244,7 @@ def test_racing_starts_from_two_shells_make_one_daemon(rbd: Rbd, tmp_path: Path)
     two = make_crate(tmp_path / "two", "two")
     racers = [
         subprocess.Popen(
-            [sys.executable, "-m", "client", "start", str(crate)],
+            [sys.executable, "-m", "rbd.client", "start", str(crate)],
             env=rbd.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -261,7 +261,7 @@ def test_racing_starts_from_two_shells_make_one_daemon(rbd: Rbd, tmp_path: Path)
         pid
         for pid in os.listdir("/proc")
         if pid.isdigit()
-        and _cmdline(int(pid)).endswith(b"-m\0daemon\0")
+        and _cmdline(int(pid)).endswith(b"-m\0rbd.daemon\0")
         and _environ_has(int(pid), rbd.env["XDG_RUNTIME_DIR"])
     ]
     assert daemons == [str(status["daemon"]["pid"])]

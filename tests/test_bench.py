@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from client import protocol
-from client.errors import RequestFailed
+from rbd.client.errors import RequestFailed
+from rbd.contract import protocol
 from tests.conftest import WAIT_S, Rbd, make_crate
 from tests.test_projects import started
 

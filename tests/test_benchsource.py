@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import benchsource
-from daemon.errors import ConfigError
+from rbd.daemon.bench import source as benchsource
+from rbd.daemon.errors import ConfigError
 from tests.conftest import make_crate
 
 TRICKY = """\

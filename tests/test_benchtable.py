@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from client import benchtable
+from rbd.client import benchtable
 
 
 def result(config: str, median: float | None, **extra: Any) -> dict[str, Any]:

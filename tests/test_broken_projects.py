@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from client import protocol
+from rbd.contract import protocol
 from tests.conftest import WAIT_S, Events, Rbd, make_crate, processes_in_group, wait_gone
 from tests.test_projects import main_rs, started
 
@@ -148,7 +148,7 @@ def workspace(root: Path, members: list[str], existing: list[str]) -> Path:
 
 def test_start_on_a_manifest_with_a_syntax_error(rbd: Rbd, crate: Path) -> None:
     # `rbd start` accepts it (the daemon watches the project and records cargo's error,
-    # so that saving the fix rebuilds: see daemon/config.py) with the error as one note line.
+    # so that saving the fix rebuilds: see rbd.daemon.projects.settings) with the error as one note line.
     manifest = crate / "Cargo.toml"
     good = manifest.read_text()
     manifest.write_text(good + BROKEN_TABLE)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from daemon import cargoconfig
+from rbd.daemon.build import cargo_config
 
 
 def write(path: Path, text: str) -> None:
@@ -21,17 +21,17 @@ def test_the_closest_file_wins_and_cargo_home_comes_last(tmp_path: Path) -> None
     write(tmp_path / "outer" / ".cargo" / "config.toml", '[build]\nrustc-wrapper = "outer"\n')
     write(project / ".cargo" / "config.toml", "[build]\ntarget-dir = 'x'\n")
     env = {"CARGO_HOME": str(home)}
-    files = cargoconfig.load(project, env)
+    files = cargo_config.load(project, env)
     assert [f.path for f in files][-1] == home / "config.toml"
-    assert cargoconfig.rustc_wrapper(project, env) == "outer"
-    jobs = cargoconfig.lookup(files, "build", "jobs")
+    assert cargo_config.rustc_wrapper(project, env) == "outer"
+    jobs = cargo_config.lookup(files, "build", "jobs")
     assert jobs is not None and jobs[0] == 1
 
 
 def test_the_old_config_name_wins_in_the_same_directory(tmp_path: Path) -> None:
     write(tmp_path / ".cargo" / "config", '[build]\nrustc-wrapper = "old"\n')
     write(tmp_path / ".cargo" / "config.toml", '[build]\nrustc-wrapper = "new"\n')
-    assert cargoconfig.rustc_wrapper(tmp_path, {"CARGO_HOME": str(tmp_path / "h")}) == "old"
+    assert cargo_config.rustc_wrapper(tmp_path, {"CARGO_HOME": str(tmp_path / "h")}) == "old"
 
 
 def test_a_wrapper_path_is_relative_to_the_directory_holding_dot_cargo(tmp_path: Path) -> None:
@@ -39,23 +39,23 @@ def test_a_wrapper_path_is_relative_to_the_directory_holding_dot_cargo(tmp_path:
     project.mkdir(parents=True)
     write(tmp_path / "ws" / ".cargo" / "config.toml", '[build]\nrustc-wrapper = "tools/wrap"\n')
     env = {"CARGO_HOME": str(tmp_path / "h")}
-    assert cargoconfig.rustc_wrapper(project, env) == str(tmp_path / "ws" / "tools" / "wrap")
+    assert cargo_config.rustc_wrapper(project, env) == str(tmp_path / "ws" / "tools" / "wrap")
 
 
 def test_the_environment_overrides_files_and_empty_means_none(tmp_path: Path) -> None:
     write(tmp_path / ".cargo" / "config.toml", '[build]\nrustc-wrapper = "sccache"\n')
     env = {"CARGO_HOME": str(tmp_path / "h")}
-    assert cargoconfig.rustc_wrapper(tmp_path, env) == "sccache"
-    assert cargoconfig.rustc_wrapper(tmp_path, {**env, "CARGO_BUILD_RUSTC_WRAPPER": "b"}) == "b"
+    assert cargo_config.rustc_wrapper(tmp_path, env) == "sccache"
+    assert cargo_config.rustc_wrapper(tmp_path, {**env, "CARGO_BUILD_RUSTC_WRAPPER": "b"}) == "b"
     both = {**env, "CARGO_BUILD_RUSTC_WRAPPER": "b", "RUSTC_WRAPPER": "a"}
-    assert cargoconfig.rustc_wrapper(tmp_path, both) == "a"
-    assert cargoconfig.rustc_wrapper(tmp_path, {**env, "RUSTC_WRAPPER": ""}) is None
+    assert cargo_config.rustc_wrapper(tmp_path, both) == "a"
+    assert cargo_config.rustc_wrapper(tmp_path, {**env, "RUSTC_WRAPPER": ""}) is None
 
 
 def test_a_file_that_does_not_parse_is_skipped_with_a_warning(tmp_path: Path) -> None:
     write(tmp_path / "p" / ".cargo" / "config.toml", "[build\n")
     write(tmp_path / ".cargo" / "config.toml", '[build]\nrustc-wrapper = "kept"\n')
     with capture_logs() as logs:
-        wrapper = cargoconfig.rustc_wrapper(tmp_path / "p", {"CARGO_HOME": str(tmp_path / "h")})
+        wrapper = cargo_config.rustc_wrapper(tmp_path / "p", {"CARGO_HOME": str(tmp_path / "h")})
     assert wrapper == "kept"
     assert [e["event"] for e in logs] == ["cargo_config_unreadable"]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import ProjectConfig, load
-from daemon.errors import ConfigError
+from rbd.daemon.errors import ConfigError
+from rbd.daemon.projects.settings import ProjectConfig, load
 
 
 def test_defaults_build_with_json_messages(tmp_path: Path) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon import configs
-from daemon.config import ProjectConfig
-from daemon.errors import ConfigError, Unavailable
-from daemon.linker import identify
+from rbd.daemon.build import configurations as configs
+from rbd.daemon.build.linker import identify
+from rbd.daemon.errors import ConfigError, Unavailable
+from rbd.daemon.projects.settings import ProjectConfig
 from tests.conftest import make_crate
 
 CARGO_TIMEOUT_S = 120

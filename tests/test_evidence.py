@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon import evidence
+from rbd.daemon.advice import evidence
 
 
 def made(id: str, saves_s: float) -> dict[str, Any]:

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from client import protocol
-from daemon import tune
+from rbd.contract import protocol
+from rbd.daemon.advice import tune
 from tests.conftest import SLOW_MAIN, WAIT_S, Rbd, make_crate, rustc_processes_under, wait_gone
 from tests.test_projects import edit, main_rs, started, wait_for_rustc
 
@@ -140,8 +140,9 @@ def test_an_exhausted_inotify_limit_is_named_and_polling_takes_over(
     for n in range(2):
         edit(crate / "src" / "main.rs", main_rs(f"polled {n}"))
         build = events.wait_for(
-            lambda e: e.get("event") == protocol.BUILD_FINISHED
-            and "src/main.rs" in e["build"]["trigger"]
+            lambda e: (
+                e.get("event") == protocol.BUILD_FINISHED and "src/main.rs" in e["build"]["trigger"]
+            )
         )
         assert build["build"]["outcome"] == "success"
     assert "fs.inotify.max_user_watches" in rbd.ok("status")
@@ -172,9 +173,9 @@ def test_stopping_the_daemon_mid_build_cancels_records_and_exits_within_5_s(
 OTHER_VERSION_CLIENT = textwrap.dedent(
     """\
     import sys
-    from client import protocol
+    from rbd.contract import protocol
     protocol.PROTOCOL_VERSION += 1
-    from client.cli import main
+    from rbd.client.cli import main
     sys.exit(main(sys.argv[1:]))
     """
 )
@@ -216,7 +217,7 @@ WRITER = textwrap.dedent(
     """\
     import sys
     from pathlib import Path
-    from daemon import tune
+    from rbd.daemon.advice import tune
     path, old, new = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     old, new = old.read_bytes(), new.read_bytes()
     print("ready", flush=True)
@@ -229,7 +230,7 @@ WRITER = textwrap.dedent(
 
 def test_a_config_write_killed_midway_leaves_the_old_or_the_new_content(tmp_path: Path) -> None:
     # Large contents make each write take long enough for kills to land inside it.
-    old = ("# the user's own comment\n" + 'jobs = 2\n' * 200_000).encode()
+    old = ("# the user's own comment\n" + "jobs = 2\n" * 200_000).encode()
     new = ("# the user's own comment\n" + '[build]\nrustflags = ["-C", "x"]\n' * 100_000).encode()
     config = tmp_path / ".cargo" / "config.toml"
     config.parent.mkdir()

@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client import protocol
+from rbd.contract import protocol
 from tests.conftest import WAIT_S, Rbd
 
 MAX = protocol.MAX_REQUEST_BYTES

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.ignore import ALWAYS_IGNORED_DIRS, IgnoreRules, is_editor_temp
+from rbd.daemon.watch.ignore import ALWAYS_IGNORED_DIRS, IgnoreRules, is_editor_temp
 
 
 def _write(path: Path, text: str) -> Path:

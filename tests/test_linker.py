@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.linker import identify
+from rbd.daemon.build.linker import identify
 from tests.conftest import make_crate
 
 LINUX_X86 = platform.system() == "Linux" and platform.machine() == "x86_64"

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from client import protocol
-from client.connection import Connection
-from daemon.errors import ConfigError
-from daemon.events import SUBSCRIBER_BUFFER, SUBSCRIBER_BUFFER_ENV, buffer_size
-from daemon.server import SEND_TIMEOUT_S
+from rbd.client.connection import Connection
+from rbd.contract import protocol
+from rbd.daemon.errors import ConfigError
+from rbd.daemon.rpc.events import SUBSCRIBER_BUFFER, SUBSCRIBER_BUFFER_ENV, buffer_size
+from rbd.daemon.rpc.server import SEND_TIMEOUT_S
 from tests.conftest import WAIT_S, Events, Rbd, make_crate
 from tests.test_projects import main_rs
 

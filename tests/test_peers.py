@@ -25,10 +25,9 @@ from typing import Any
 
 import pytest
 
-from client import protocol
+import rbd.client
+from rbd.contract import protocol
 from tests.conftest import WAIT_S, Rbd
-
-ROOT = Path(__file__).resolve().parent.parent
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root: only root can run a process as another uid"
@@ -69,15 +68,15 @@ def world() -> Iterator[World]:
 
 def _shared_python(venv: Path) -> Path:
     """A venv made from a system Python of this Python's version, seeing this
-    checkout and the project venv's site-packages through a .pth file.
+    checkout's rbd (the editable install's link tree, whose links point into the
+    checkout) and the project venv's site-packages through a .pth file.
 
     The project's own interpreter lives under /root, which other uids cannot
     enter. A venv rather than PYTHONPATH: the paths then belong to the
-    interpreter, so they reach the `sys.executable -m daemon` the client
+    interpreter, so they reach the `sys.executable -m rbd.daemon` the client
     spawns whatever the environment, and the system's dist-packages stay
-    out of sight. Plain path lines, no `import` line: nothing in the project
-    venv's own .pth files is needed, and its editable install's link tree
-    lists only the modules that existed when it was installed.
+    out of sight. Plain path lines, no `import` line: nothing else in the
+    project venv's own .pth files is needed.
     """
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     candidates = [
@@ -103,14 +102,17 @@ def _shared_python(venv: Path) -> Path:
         timeout=WAIT_S,
     ).stdout.strip()
     dependencies = sysconfig.get_path("purelib")
-    (Path(site_packages) / "rbd-checkout.pth").write_text(f"{ROOT}\n{dependencies}\n")
+    # rbd.client/__init__.py, as imported: a link in the tree, not the file it points to.
+    link_tree = Path(rbd.client.__file__).parents[2]
+    (Path(site_packages) / "rbd-checkout.pth").write_text(f"{link_tree}\n{dependencies}\n")
     # Fail here, with the reason, rather than as a daemon that never comes up:
     # watchfiles' extension is the part most likely to refuse another build of Python.
     probe = _as_other_user(
         [
             str(python),
             "-c",
-            "import sys; print(sys.version_info[:2], flush=True); import daemon.app, watchfiles",
+            "import sys; print(sys.version_info[:2], flush=True)\n"
+            "import rbd.daemon.app, watchfiles",
         ],
         env={"PATH": "/usr/bin:/bin"},
     )
@@ -172,7 +174,7 @@ class OtherUsersDaemon:
     def start(self) -> None:
         with self.stderr.open("wb") as stderr:
             self.process = subprocess.Popen(
-                [str(self.world.python), "-m", "daemon", "--foreground"],
+                [str(self.world.python), "-m", "rbd.daemon", "--foreground"],
                 env=self.env,
                 cwd="/",
                 user=OTHER_UID,
@@ -189,7 +191,7 @@ class OtherUsersDaemon:
 
     def client(self, *args: str) -> subprocess.CompletedProcess[str]:
         """The `rbd` client, run as the daemon's own uid."""
-        return _as_other_user([str(self.world.python), "-m", "client", *args], self.env)
+        return _as_other_user([str(self.world.python), "-m", "rbd.client", *args], self.env)
 
     def connect(self) -> socket.socket:
         """A raw connection from this process (root), once the daemon listens."""
@@ -245,7 +247,7 @@ def other_daemon(world: World) -> Iterator[OtherUsersDaemon]:
 def _root_rbd(daemon: OtherUsersDaemon, *args: str) -> subprocess.CompletedProcess[str]:
     """Root's own `rbd`, pointed at the other uid's daemon."""
     return subprocess.run(
-        [sys.executable, "-m", "client", *args],
+        [sys.executable, "-m", "rbd.client", *args],
         env=daemon.env,
         capture_output=True,
         text=True,
@@ -381,7 +383,7 @@ def test_rbd_refuses_a_socket_served_by_another_uid(other_daemon: OtherUsersDaem
 def _refused_by_the_daemon(rbd: Rbd) -> str:
     """Run the daemon directly; it must exit 1 with a one-line reason, and no socket."""
     done = subprocess.run(
-        [sys.executable, "-m", "daemon", "--foreground"],
+        [sys.executable, "-m", "rbd.daemon", "--foreground"],
         env=rbd.env,
         capture_output=True,
         text=True,

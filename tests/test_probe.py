@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from daemon import cargoconfig
-from daemon import probe as probe_module
-from daemon.probe import (
+from rbd.daemon.advice import probe as probe_module
+from rbd.daemon.advice.probe import (
     default_linker,
     effective_profile,
     effective_rustflags,
@@ -25,6 +24,7 @@ from daemon.probe import (
     rust_analyzer_settings,
     strip_jsonc,
 )
+from rbd.daemon.build import cargo_config
 from tests.conftest import make_crate
 
 HOST = "x86_64-unknown-linux-gnu"
@@ -217,7 +217,7 @@ def test_normalize_debug(value: Any, expected: int | str) -> None:
 
 
 def profile_of(root: Path, env: dict[str, str]) -> dict[str, Any]:
-    return effective_profile(root, env, cargoconfig.load(root, env))
+    return effective_profile(root, env, cargo_config.load(root, env))
 
 
 def test_the_dev_profile_follows_cargos_precedence(tmp_path: Path) -> None:
@@ -282,7 +282,7 @@ def test_a_broken_manifest_leaves_the_defaults_with_a_warning(tmp_path: Path) ->
 
 
 def rustflags_of(root: Path, env: dict[str, str]) -> tuple[list[str], str | None, list[str]]:
-    return effective_rustflags(HOST, env, cargoconfig.load(root, env))
+    return effective_rustflags(HOST, env, cargo_config.load(root, env))
 
 
 def test_rustflags_follow_cargos_precedence(tmp_path: Path) -> None:

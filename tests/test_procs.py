@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from daemon import procs
+from rbd.daemon.build import procs
 from tests.conftest import wait_gone
 
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from client import protocol
+from rbd.contract import protocol
 from tests.conftest import (
     SLOW_MAIN,
     Events,

@@ -7,7 +7,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from daemon.scheduler import Scheduler
+from rbd.daemon.watch.scheduler import Scheduler
 
 pytestmark = pytest.mark.anyio
 TIMEOUT = 10

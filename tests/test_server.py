@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from client import protocol
+from rbd.contract import protocol
 from tests.conftest import Rbd
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from daemon import shim
+from rbd.daemon.build import shim
 from tests.conftest import SHARED_CACHE, make_crate
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from client import protocol
+from rbd.contract import protocol
 from tests.conftest import WAIT_S, Events, Rbd, make_crate
 
 REBUILDS = 1000

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon import store as store_module
-from daemon.asyncstore import AsyncStore
-from daemon.errors import StoreError
-from daemon.records import BuildResult, UnitRecord
-from daemon.store import Store, now_iso
+from rbd.daemon.build.records import BuildResult, UnitRecord
+from rbd.daemon.errors import StoreError
+from rbd.daemon.store import sqlite as store_module
+from rbd.daemon.store.asyncstore import AsyncStore
+from rbd.daemon.store.sqlite import Store, now_iso
 
 
 def record(store: Store, project: str = "/p", outcome: str = "success", wall: float = 1.5) -> int:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from daemon import suggest
+from rbd.daemon.advice import rules as suggest
 
 HOST = "x86_64-unknown-linux-gnu"
 

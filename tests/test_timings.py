@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from daemon import timings
-from daemon.records import BuildResult
-from daemon.shim import LinkRecord
+from rbd.daemon.build import timings
+from rbd.daemon.build.records import BuildResult
+from rbd.daemon.build.shim import LinkRecord
 from tests.conftest import make_crate
 
 DATA = Path(__file__).parent / "data"

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from daemon.errors import ConfigError, TuneConflict, TuneRejected
-from daemon.tune import (
+from rbd.daemon.advice.tune import (
     Change,
     FileEdit,
     apply,
@@ -24,6 +23,7 @@ from daemon.tune import (
     revert,
     write_atomic,
 )
+from rbd.daemon.errors import ConfigError, TuneConflict, TuneRejected
 from tests.conftest import make_crate
 
 CONFIG = ".cargo/config.toml"
@@ -182,8 +182,8 @@ def test_string_rustflags_stay_a_string_in_their_quotes() -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "[build]\nrustflags = \"-Clink-arg=-fuse-ld=mold\"\n",
-        "[build]\nrustflags = \"-C  link-arg=-fuse-ld=mold -Ctarget-cpu=native\"\n",
+        '[build]\nrustflags = "-Clink-arg=-fuse-ld=mold"\n',
+        '[build]\nrustflags = "-C  link-arg=-fuse-ld=mold -Ctarget-cpu=native"\n',
         '[build]\nrustflags = ["-C", "link-arg=-fuse-ld=mold"]\n',
         '[build]\nrustflags = ["-Clink-arg=-fuse-ld=mold"]\n',
     ],

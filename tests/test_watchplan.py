@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.watchplan import WatchPlan, is_trigger
-from daemon.workspace import Workspace
+from rbd.daemon.projects.workspace import Workspace
+from rbd.daemon.watch.plan import WatchPlan, is_trigger
 
 
 def tree(root: Path) -> WatchPlan:

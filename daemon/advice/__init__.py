@@ -1,0 +1,1 @@
+"""Advice: the toolchain probe, the suggestion rules, bench evidence, and tuning changes."""

@@ -1,0 +1,123 @@
+"""The `suggest`, `tune_apply` and `tune_revert` requests.
+
+Evidence comes from the store (the project's last builds and their units)
+and from the toolchain probe; daemon.suggest's rules turn it into
+suggestions; daemon.tune writes a suggestion's change, and the store keeps
+what was written so that a revert restores the files byte for byte.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import structlog
+
+from rbd.daemon.advice import evidence, probe, tune
+from rbd.daemon.advice import rules as suggest
+from rbd.daemon.errors import ConfigError, NotFound, TuneConflict
+from rbd.daemon.store.asyncstore import AsyncStore
+
+log = structlog.get_logger("advisor")
+
+
+async def context(store: AsyncStore, root: str, env: dict[str, str]) -> suggest.Context:
+    builds = await store.call(store.sync.history, root, suggest.WINDOW)
+    units = await store.call(store.sync.units_of, [int(b["id"]) for b in builds])
+    environment = await probe.probe(Path(root), env)
+    return suggest.Context(environment, builds, units, root=root)
+
+
+async def suggestions(store: AsyncStore, root: str, env: dict[str, str]) -> dict[str, Any]:
+    ctx = await context(store, root, env)
+    found, hint = suggest.suggest(ctx)
+    bench = await store.call(store.sync.latest_bench, root)
+    found, withdrawn = evidence.cite(found, bench)
+    return {
+        "project": root,
+        "environment": ctx.env,
+        "builds_considered": len(ctx.incremental),
+        "suggestions": found,
+        "withdrawn": withdrawn,
+        "bench": None if bench is None else {"id": bench["id"], "at": bench.get("finished_at")},
+        "hint": hint,
+    }
+
+
+async def apply(
+    store: AsyncStore, root: str, env: dict[str, str], ids: list[str], dry_run: bool
+) -> dict[str, Any]:
+    """Write the changes of the named current suggestions (all or none)."""
+    if not ids:
+        raise ValueError("name at least one suggestion id (see `rbd suggest`)")
+    current = await suggestions(store, root, env)
+    by_id = {s["id"]: s for s in current["suggestions"]}
+    for wanted in ids:
+        if wanted not in by_id:
+            known = ", ".join(by_id) or "none right now"
+            raise NotFound(f"{wanted!r} is not a current suggestion for {root} (current: {known})")
+        change = by_id[wanted]["change"]
+        if "manual" in change:
+            raise ConfigError(
+                f"{wanted} is a change to make by hand, in {change['file']}: {change['manual']}"
+            )
+    changes = [tune.change_from_json(by_id[i]["change"]) for i in ids]
+    edits = await tune.apply(Path(root), env, changes, dry_run=dry_run)
+    tune_id = None
+    if edits and not dry_run:
+        files = [(str(e.path), e.before, e.after) for e in edits]
+        tune_id = await store.call(store.sync.record_tune, root, ids, files)
+        log.info("tune_applied", root=root, tune_id=tune_id, suggestions=ids)
+    return {
+        "project": root,
+        "tune_id": tune_id,
+        "applied": ids,
+        "dry_run": dry_run,
+        "full_rebuild": any(by_id[i]["full_rebuild"] for i in ids),
+        "files": [
+            {"path": str(e.path), "created": e.before is None, "diff": e.diff} for e in edits
+        ],
+    }
+
+
+def _current(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+async def revert(store: AsyncStore, root: str, tune_id: int | None, force: bool) -> dict[str, Any]:
+    """Restore the files of a tune (the latest one by default) as they were before it."""
+    record = await store.call(store.sync.tune, root, tune_id)
+    if record is None:
+        which = "no applied tune" if tune_id is None else f"no tune #{tune_id}"
+        raise NotFound(f"{which} to revert for {root}")
+    if record["reverted_at"] is not None:
+        raise NotFound(f"tune #{record['id']} was already reverted at {record['reverted_at']}")
+    edits = [tune.FileEdit(Path(p), before, after, "") for p, before, after in record["files"]]
+
+    def restore() -> list[str]:
+        # Every file is checked before any is touched: a conflict leaves all of them alone.
+        # A file already back to its old content (reverted by hand) is no conflict.
+        changed = [str(e.path) for e in edits if _current(e.path) not in (e.after, e.before)]
+        if changed and not force:
+            raise TuneConflict(
+                f"{', '.join(changed)} changed since tune #{record['id']} was applied; "
+                "reverting would lose those edits (`rbd tune revert --force` reverts anyway)"
+            )
+        for edit in edits:
+            tune.revert(edit, force=True)
+        return changed
+
+    # File reads and writes stay off the event loop.
+    changed = await anyio.to_thread.run_sync(restore)
+    await store.call(store.sync.mark_reverted, int(record["id"]))
+    log.info("tune_reverted", root=root, tune_id=record["id"], forced=bool(changed))
+    return {
+        "project": root,
+        "tune_id": record["id"],
+        "suggestions": record["suggestions"],
+        "files": [str(e.path) for e in edits],
+    }

@@ -1,0 +1,331 @@
+"""What toolchain builds a project, and with which effective settings.
+
+`rbd suggest` must measure the machine rather than assume it (DESIGN.md): which
+rustc links with rust-lld by default, whether mold or a nightly with cranelift
+exists, how much debuginfo the dev profile really asks for, and whether
+rust-analyzer shares the target dir. This module gathers those facts as one
+JSON-able dict, reading cargo's settings in cargo's own precedence order.
+Nothing here raises: a tool that is missing, slow or broken gives null.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import structlog
+
+from rbd.daemon.build import cargo_config
+
+log = structlog.get_logger("probe")
+
+# Each subprocess is one quick query; a rustup proxy that hangs (a lock, the
+# network) must not hold `rbd suggest` up for long.
+PROBE_TIMEOUT_S = 10.0
+
+CRANELIFT_COMPONENT = "rustc-codegen-cranelift-preview"
+LINKERS = ("mold", "ld.lld", "ld.gold", "clang", "gcc")
+
+# cargo's built-in dev profile; split-debuginfo None means the platform default.
+PROFILE_DEFAULTS: dict[str, Any] = dict(
+    debug=2, split_debuginfo=None, opt_level=0, codegen_units=256, incremental=True,
+    codegen_backend=None,
+)  # fmt: skip
+# The profile keys `[profile.dev.package."*"]` is reported for.
+DEPS_KEYS = ("debug", "opt_level")
+DEFAULT_SOURCE = "default"
+
+# A string (kept), a comment or a trailing comma (both dropped), in the order they start.
+_COMMENT = r"//[^\n]*|/\*(?:[^*]|\*(?!/))*\*/"  # a block comment ends at its first */
+_JSONC = re.compile(rf'"(?:\\.|[^"\\])*"|{_COMMENT}|,(?=(?:\s|{_COMMENT})*[}}\]])')
+_DEBUG_NAMES = {"full": 2, "limited": 1, "none": 0, "true": 2, "false": 0}
+
+
+def normalize_debug(value: Any) -> int | str:
+    """A `debug` setting as cargo means it: 0, 1, 2, or "line-tables-only" /
+    "line-directives-only" (any other string is passed through as is)."""
+    if isinstance(value, bool | int):
+        return 2 if value is True else int(value)
+    text = str(value).strip()
+    return int(text) if text.isdigit() else _DEBUG_NAMES.get(text, text)
+
+
+def normalize_opt_level(value: Any) -> int | str:
+    """An `opt-level`: 0..3 as an int, "s" / "z" as strings."""
+    text = str(value).strip()
+    return int(text) if text.isdigit() else text
+
+
+def parse_env_value(text: str) -> bool | int | str:
+    """A config value given as an environment variable, typed the way cargo reads it."""
+    if text in ("true", "false"):
+        return text == "true"
+    return int(text) if re.fullmatch(r"-?\d+", text) else text
+
+
+def parse_version(text: str | None) -> tuple[int, int, int] | None:
+    """(major, minor, patch) from "1.95.0", "1.96.0-nightly" or a `--version` line."""
+    match = re.search(r"(\d+)\.(\d+)\.(\d+)", text or "")
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def format_version(text: str | None) -> str | None:
+    """The version in text ("cargo 1.96.0-nightly (...)") as "1.96.0", or None."""
+    version = parse_version(text)
+    return ".".join(map(str, version)) if version else None
+
+
+def channel_of(release: str) -> str:
+    """The release channel a version string like "1.96.0-beta.2" belongs to."""
+    if "-nightly" in release or "-dev" in release:
+        return "nightly"
+    return "beta" if "-beta" in release else "stable"
+
+
+def default_linker(host: str | None, rustc_version: str | None) -> str | None:
+    """What rustc links with when nothing is configured (None without a rustc):
+    its bundled rust-lld on x86_64 Linux since 1.90, the system `cc` elsewhere."""
+    version = parse_version(rustc_version)
+    if host is None or version is None:
+        return None
+    return "rust-lld" if host == "x86_64-unknown-linux-gnu" and version >= (1, 90, 0) else "cc"
+
+
+def strip_jsonc(text: str) -> str:
+    """JSON with comments and trailing commas (VS Code's settings.json) as plain JSON.
+    Strings are matched first so a `//` inside one (a URL, a path) stays."""
+    return _JSONC.sub(lambda m: m[0] if m[0].startswith('"') else "", text)
+
+
+def _read(path: Path, parse: Callable[[str], Any]) -> Any:
+    """A file's parsed contents; None when it is absent or (with a warning) unreadable:
+    a broken file is the tool's own to report, a probe just knows less."""
+    try:
+        return parse(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and parse errors are ValueErrors
+        log.warning("probe_file_unreadable", path=str(path), error=str(exc))
+        return None
+
+
+def _table(data: Any, *keys: str) -> dict[str, Any]:
+    for key in keys:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def effective_profile(
+    root: Path, env: dict[str, str], files: list[cargo_config.ConfigFile]
+) -> dict[str, Any]:
+    """The dev profile workspace members (and, as deps_*, all other packages) build
+    with, and under "sources" where each value came from."""
+    # Lowest precedence first: the root manifest (the only one whose profiles
+    # count), then config files from the farthest to the closest.
+    manifest = root / "Cargo.toml"
+    layers = [(_table(_read(manifest, tomllib.loads), "profile", "dev"), str(manifest))]
+    layers += [(_table(f.data, "profile", "dev"), str(f.path)) for f in reversed(files)]
+    profile = dict(PROFILE_DEFAULTS)
+    sources = dict.fromkeys(PROFILE_DEFAULTS, DEFAULT_SOURCE)
+    deps: dict[str, tuple[Any, str]] = {}
+    for table, where in layers:
+        star = _table(table, "package", "*")
+        for key in PROFILE_DEFAULTS:
+            name = key.replace("_", "-")
+            if name in table:
+                profile[key], sources[key] = table[name], where
+            if key in DEPS_KEYS and name in star:
+                deps[key] = (star[name], where)
+    for key in PROFILE_DEFAULTS:
+        var = "CARGO_PROFILE_DEV_" + key.upper()
+        if var in env:
+            profile[key], sources[key] = parse_env_value(env[var]), var
+    # build.incremental, then CARGO_INCREMENTAL, override every profile's setting.
+    found = cargo_config.lookup(files, "build", "incremental")
+    if found is not None and isinstance(found[0], bool):
+        profile["incremental"], sources["incremental"] = found[0], str(found[1].path)
+    for var, on in (("CARGO_BUILD_INCREMENTAL", "true"), ("CARGO_INCREMENTAL", "1")):
+        if var in env:
+            profile["incremental"], sources["incremental"] = env[var] == on, var
+    # No environment variable reaches package."*": cargo has none for it.
+    for key in DEPS_KEYS:
+        profile["deps_" + key], sources["deps_" + key] = deps.get(key, (profile[key], sources[key]))
+    for key in ("debug", "deps_debug"):
+        profile[key] = normalize_debug(profile[key])
+    for key in ("opt_level", "deps_opt_level"):
+        profile[key] = normalize_opt_level(profile[key])
+    return {**profile, "sources": sources}
+
+
+def _host_var(host: str, key: str) -> str:
+    return f"CARGO_TARGET_{host.upper().replace('-', '_').replace('.', '_')}_{key}"
+
+
+def configured_linker(
+    host: str | None, env: dict[str, str], files: list[cargo_config.ConfigFile]
+) -> tuple[str | None, str | None]:
+    """The linker configured for host, and where: its environment variable or file."""
+    if host is None:
+        return None, None
+    var = _host_var(host, "LINKER")
+    if env.get(var):
+        return env[var], var
+    found = cargo_config.lookup(files, "target", host, "linker")
+    if found is None or not isinstance(found[0], str):
+        return None, None
+    return cargo_config.program(found[0], found[1].base), str(found[1].path)
+
+
+def _config_flags(
+    files: list[cargo_config.ConfigFile], env: dict[str, str], keys: list[str], var: str
+) -> tuple[list[str], list[str]] | None:
+    # cargo joins arrays from every file (farther first), a string replaces what
+    # came before, and the environment variable's flags come last.
+    flags: list[str] | None = None
+    where: list[str] = []
+    for config in reversed(files):
+        value = (cargo_config.lookup([config], *keys) or (None,))[0]
+        if isinstance(value, list):
+            flags, where = [*(flags or []), *map(str, value)], [*where, str(config.path)]
+        elif isinstance(value, str):
+            flags, where = value.split(), [str(config.path)]
+    if var in env:
+        flags, where = [*(flags or []), *env[var].split()], [*where, var]
+    return None if flags is None else (flags, where)
+
+
+def effective_rustflags(
+    host: str | None, env: dict[str, str], files: list[cargo_config.ConfigFile]
+) -> tuple[list[str], str | None, list[str]]:
+    """The flags cargo passes rustc for host builds, the setting they came from (the
+    first one set wins whole, as in cargo) and the files or variables holding them."""
+    for var in ("CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS"):
+        if var in env:
+            value = env[var]
+            flags = (value.split("\x1f") if value else []) if "ENCODED" in var else value.split()
+            return flags, var, [var]
+    # target.'cfg(...)'.rustflags would join the host's: cfg expressions are not evaluated.
+    levels = [(["build", "rustflags"], "CARGO_BUILD_RUSTFLAGS")]
+    if host is not None:
+        levels.insert(0, (["target", host, "rustflags"], _host_var(host, "RUSTFLAGS")))
+    for keys, var in levels:
+        found = _config_flags(files, env, keys, var)
+        if found is not None:
+            return found[0], ".".join(keys), found[1]
+    return [], None, []
+
+
+def rust_analyzer_settings(root: Path) -> dict[str, Any]:
+    """Whether rust-analyzer builds in cargo's target dir (then its checks and rbd's
+    builds wait for each other's lock) or in a dir of its own."""
+    result: dict[str, Any] = {"target_dir": None, "shares_target_dir": None, "source": None}
+    # The project's rust-analyzer.toml is taken to override the editor's settings.
+    for path, keys in (
+        (root / ".vscode" / "settings.json", ["rust-analyzer.cargo.targetDir"]),
+        (root / "rust-analyzer.toml", ["cargo", "targetDir"]),
+    ):
+        parse = tomllib.loads if path.suffix == ".toml" else lambda t: json.loads(strip_jsonc(t))
+        data = _read(path, parse)
+        if not isinstance(data, dict):
+            continue
+        table = _table(data, *keys[:-1])
+        if keys[-1] in table:
+            value = table[keys[-1]]
+            # true or a path: a dir of its own; false or absent: cargo's.
+            result.update(target_dir=value, shares_target_dir=not value, source=str(path))
+        elif result["source"] is None:
+            result.update(shares_target_dir=True, source=str(path))
+    return result
+
+
+def _settings(root: Path, env: dict[str, str], host: str | None) -> dict[str, Any]:
+    """Everything read from files and PATH (blocking, for a worker thread)."""
+    files = cargo_config.load(root, env)
+    linker, linker_source = configured_linker(host, env, files)
+    rustflags, rustflags_source, rustflags_from = effective_rustflags(host, env, files)
+    paths = env.get("PATH", os.defpath)
+    return {
+        "linkers": {name: shutil.which(name, path=paths) for name in LINKERS},
+        "rustup": shutil.which("rustup", path=paths),
+        "sccache": shutil.which("sccache", path=paths),
+        "rustc_wrapper": cargo_config.rustc_wrapper(root, env),
+        "profile": effective_profile(root, env, files),
+        "linker": linker,
+        "linker_source": linker_source,
+        "rustflags": rustflags,
+        "rustflags_source": rustflags_source,
+        "rustflags_from": rustflags_from,
+        "env": {k: v for k, v in sorted(env.items()) if k.startswith(("CARGO_", "RUST"))},
+        "rust_analyzer": rust_analyzer_settings(root),
+    }
+
+
+async def _run(argv: list[str], root: Path, env: dict[str, str]) -> str:
+    """A tool's stdout; "" when it is missing, fails or takes too long."""
+    program = shutil.which(argv[0], path=env.get("PATH", os.defpath))
+    if program is None:
+        return ""
+    # A rust-toolchain file naming a toolchain that is not installed must not
+    # make rustup download it just to answer a probe.
+    run_env = {**env, "RUSTUP_AUTO_INSTALL": "0"}
+    try:
+        with anyio.fail_after(PROBE_TIMEOUT_S):
+            done = await anyio.run_process(
+                [program, *argv[1:]], cwd=root, env=run_env, check=False, stdin=subprocess.DEVNULL
+            )
+    except (TimeoutError, OSError) as exc:
+        log.warning("probe_tool_failed", argv=argv, error=str(exc) or "timed out")
+        return ""
+    if done.returncode != 0:
+        error = done.stderr.decode(errors="replace").strip()[-500:]
+        log.warning("probe_tool_failed", argv=argv, returncode=done.returncode, error=error)
+        return ""
+    return done.stdout.decode(errors="replace")
+
+
+async def _nightly(root: Path, env: dict[str, str]) -> dict[str, Any]:
+    listing = await _run(["rustup", "toolchain", "list"], root, env)
+    names = [line.split()[0] for line in listing.splitlines() if line.strip()]
+    toolchain = next((name for name in names if name.startswith("nightly")), None)
+    cranelift = False
+    if toolchain is not None:
+        argv = ["rustup", "component", "list", "--toolchain", toolchain, "--installed"]
+        installed = (await _run(argv, root, env)).split()
+        cranelift = any(name.startswith(CRANELIFT_COMPONENT) for name in installed)
+    return {"toolchain": toolchain, "cranelift": cranelift}
+
+
+async def probe(root: Path, env: dict[str, str]) -> dict[str, Any]:
+    """The toolchain and the effective build settings builds of root see with env."""
+    out: dict[str, Any] = {}
+
+    async def into(key: str, work: Awaitable[Any]) -> None:
+        out[key] = await work
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(into, "cargo", _run(["cargo", "--version"], root, env))
+        group.start_soon(into, "rustc", _run(["rustc", "-vV"], root, env))
+        group.start_soon(into, "nightly", _nightly(root, env))
+    # `rustc -vV`: "release: 1.95.0", "host: x86_64-unknown-linux-gnu", ...
+    fields = dict(re.findall(r"^([\w-]+): *(.*?)\s*$", out["rustc"], re.M))
+    release, host = fields.get("release"), fields.get("host")
+    settings = await anyio.to_thread.run_sync(_settings, root, env, host)
+    rustc_version, cargo_version = format_version(release), format_version(out["cargo"])
+    return {
+        "cargo_version": cargo_version,
+        "rustc_version": rustc_version,
+        "channel": channel_of(release) if release else None,
+        "host": host,
+        "default_linker": default_linker(host, rustc_version),
+        **settings,
+        "nightly": out["nightly"],
+    }

@@ -1,0 +1,552 @@
+"""Tuning suggestions argued from a project's own recorded builds.
+
+Each rule reads the last incremental rebuilds (successful builds a change
+triggered) and the toolchain probe (daemon.probe), and fires only on a
+measured signal: a share of the median rebuild, a unit rebuilt every time, a
+lock wait. What a suggestion is expected to save is an estimate from a
+stated source, scaled by this project's own phase times (`rbd bench` will
+measure them), or, where the change removes a cost rbd measured (a lock
+wait, a build script run), that cost; suggestions are ranked by it. Changes are in the form
+daemon.tune applies; `manual` ones are for the user to make.
+
+The estimates' sources (README.md lists them too):
+- debuginfo: line-tables-only took a one-line-edit rebuild of a small
+  hyper/tokio/serde app from 1.22 s to 0.42 s (rustc 1.95, 2 cores,
+  DESIGN.md): about 65% of codegen + link.
+- GNU ld is about 1.5x slower than rust-lld there: a third of link time.
+- cranelift: "incremental ... around 75% reduction" with mold (the leptos
+  article in the seeds); taken as half of codegen alone.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Any
+
+WINDOW = 20
+MIN_BUILDS = 3
+# Phase shares below this are not worth a config change.
+SHARE = 0.2
+# Nor are phases this short: a few milliseconds saved is below what anyone notices.
+MIN_PHASE_S = 0.05
+
+
+@dataclass
+class Context:
+    env: dict[str, Any]
+    builds: list[dict[str, Any]]  # newest first, finished builds of the project
+    units: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    # The workspace root: a profile value's source is a file in it, or elsewhere.
+    root: str = ""
+
+    @property
+    def incremental(self) -> list[dict[str, Any]]:
+        return [b for b in self.builds if b.get("outcome") == "success" and b.get("trigger")]
+
+    def median(self, key: str) -> float | None:
+        """Median over incremental rebuilds of a phase (or of `wall_s`); None if unmeasured."""
+        values = [
+            v
+            for b in self.incremental
+            if (v := b.get("wall_s") if key == "wall_s" else (b.get("phases") or {}).get(key))
+            is not None
+        ]
+        return statistics.median(values) if values else None
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        profile: dict[str, Any] = self.env.get("profile") or {}
+        return profile
+
+    @property
+    def host(self) -> str:
+        return str(self.env.get("host") or "x86_64-unknown-linux-gnu")
+
+    def linkers_seen(self) -> set[str]:
+        return {str(b["linker"]) for b in self.incremental if b.get("linker")}
+
+
+def secs(value: float) -> str:
+    return f"{value:.2f} s"
+
+
+def share_text(ctx: Context, part: str, label: str) -> tuple[float, float, str] | None:
+    """(part median, wall median, "link was 58% of ...") or None when not measured."""
+    value, wall = ctx.median(part), ctx.median("wall_s")
+    if value is None or not wall or value < MIN_PHASE_S:
+        return None
+    n = len(ctx.incremental)
+    text = (
+        f"{label} was {value / wall:.0%} of the median incremental rebuild over the last "
+        f"{n} builds: {secs(value)} of {secs(wall)}"
+    )
+    return value, wall, text
+
+
+def suggestion(
+    id: str,
+    title: str,
+    evidence: str,
+    change: dict[str, Any],
+    saves_s: float,
+    basis: str,
+    tradeoffs: str,
+    *,
+    needs_nightly: bool = False,
+    full_rebuild: bool = False,
+    source: str = "estimate",
+) -> dict[str, Any]:
+    return {
+        "id": id,
+        "title": title,
+        "evidence": evidence,
+        "change": change,
+        "expected": {"saves_s": round(max(0.0, saves_s), 3), "source": source, "basis": basis},
+        "tradeoffs": tradeoffs,
+        "needs_nightly": needs_nightly,
+        "full_rebuild": full_rebuild,
+    }
+
+
+def _codegen_and_link(ctx: Context) -> float:
+    codegen = ctx.median("codegen_s")
+    if codegen is None:
+        codegen = ctx.median("compile_s") or 0.0
+    return codegen + (ctx.median("link_s") or 0.0)
+
+
+def debuginfo_line_tables(ctx: Context) -> dict[str, Any] | None:
+    debug = ctx.profile.get("debug", 2)
+    if debug != 2 or len(ctx.incremental) < MIN_BUILDS:
+        return None
+    base = _codegen_and_link(ctx)
+    wall = ctx.median("wall_s") or 0.0
+    evidence = (
+        f"the dev profile builds full debuginfo (debug = 2); codegen and link took {secs(base)} of "
+        f"the median incremental rebuild ({secs(wall)}) over the last {len(ctx.incremental)} builds"
+    )
+    change = {
+        "file": "Cargo.toml",
+        "set": [
+            {"key": ["profile", "dev", "debug"], "value": "line-tables-only"},
+            {"key": ["profile", "debugging", "inherits"], "value": "dev"},
+            {"key": ["profile", "debugging", "debug"], "value": True},
+        ],
+    }
+    return suggestion(
+        "debuginfo-line-tables",
+        "Build with line tables only, keep a full-debuginfo profile for the debugger",
+        evidence,
+        change,
+        0.65 * base,
+        "65% of codegen + link (1.22 s -> 0.42 s on a small web app, rustc 1.95)",
+        "a debugger no longer sees local variables or types in dev builds; backtraces keep "
+        "file:line. Build `cargo build --profile debugging` when you need the debugger.",
+        full_rebuild=True,
+    )
+
+
+def deps_no_debuginfo(ctx: Context) -> dict[str, Any] | None:
+    deps = ctx.profile.get("deps_debug", ctx.profile.get("debug", 2))
+    found = share_text(ctx, "link_s", "link")
+    if deps == 0 or found is None or found[0] / found[1] < SHARE:
+        return None
+    change = {
+        "file": "Cargo.toml",
+        "set": [{"key": ["profile", "dev", "package", "*", "debug"], "value": False}],
+    }
+    return suggestion(
+        "deps-no-debuginfo",
+        "Drop debuginfo of dependencies: less for the linker to copy on every link",
+        found[2] + f"; dependencies are built with debug = {deps}",
+        change,
+        0.3 * found[0],
+        "a third of link time, the share dependency debuginfo usually has",
+        "no stepping into dependency code with a debugger; dependencies rebuild once",
+        full_rebuild=True,
+    )
+
+
+def split_debuginfo(ctx: Context) -> dict[str, Any] | None:
+    found = share_text(ctx, "link_s", "link")
+    profile = ctx.profile
+    if (
+        found is None
+        or found[0] / found[1] < SHARE
+        or profile.get("debug", 2) == 0
+        or profile.get("split_debuginfo") not in (None, "off")
+        or "linux" not in ctx.host
+    ):
+        return None
+    change = {
+        "file": "Cargo.toml",
+        "set": [{"key": ["profile", "dev", "split-debuginfo"], "value": "unpacked"}],
+    }
+    return suggestion(
+        "split-debuginfo",
+        'Keep debuginfo in the object files (split-debuginfo = "unpacked")',
+        found[2],
+        change,
+        0.25 * found[0],
+        "a quarter of link time, the debuginfo the linker no longer copies",
+        "debuggers find debuginfo in .dwo files beside the objects; the binary alone is not "
+        "debuggable elsewhere",
+        full_rebuild=True,
+    )
+
+
+def _linker_change(ctx: Context, flag: str) -> dict[str, Any]:
+    return {
+        "file": ".cargo/config.toml",
+        "rustflags": {"key": ["target", ctx.host, "rustflags"], "add": ["-C", flag]},
+    }
+
+
+def _instead_of_gnu_ld(
+    ctx: Context, id: str, name: str, program: str, fraction: float, basis: str, tradeoffs: str
+) -> dict[str, Any] | None:
+    """A linker switch, when binaries were linked by GNU ld/gold, link is a real share
+    of the rebuild, and the replacement (program) is installed."""
+    found = share_text(ctx, "link_s", "link")
+    slow = sorted(ctx.linkers_seen() & {"bfd", "gold"})
+    if found is None or not slow or found[0] / found[1] < SHARE:
+        return None
+    if not (ctx.env.get("linkers") or {}).get(program):
+        return None
+    return suggestion(
+        id,
+        f"Link with {name} instead of GNU " + "/".join(slow),
+        found[2] + f"; the binaries were linked by {', '.join(slow)}",
+        _linker_change(ctx, f"link-arg=-fuse-ld={name}"),
+        found[0] * fraction,
+        basis,
+        tradeoffs,
+    )
+
+
+def linker_lld(ctx: Context) -> dict[str, Any] | None:
+    return _instead_of_gnu_ld(
+        ctx,
+        "linker-lld",
+        "lld",
+        "ld.lld",
+        1 / 3,
+        "a third of link time: GNU ld was about 1.5x slower than lld (rustc 1.95)",
+        "none for debug builds",
+    )
+
+
+def linker_mold(ctx: Context) -> dict[str, Any] | None:
+    return _instead_of_gnu_ld(
+        ctx,
+        "linker-mold",
+        "mold",
+        "mold",
+        1 / 2,
+        "half of link time against GNU ld (mold was no faster than rust-lld)",
+        "mold is Linux-only; the config applies to this host triple only",
+    )
+
+
+def cranelift(ctx: Context) -> dict[str, Any] | None:
+    found = share_text(ctx, "codegen_s", "codegen")
+    if found is None:
+        found = share_text(ctx, "compile_s", "compile (frontend + codegen)")
+    # Only for a rebuild where codegen is worth a nightly toolchain.
+    if found is None or found[0] < 0.1 or found[0] / found[1] < 0.4 or "x86_64" not in ctx.host:
+        return None
+    nightly = ctx.env.get("nightly") or {}
+    ready = bool(nightly.get("toolchain") and nightly.get("cranelift"))
+    how = (
+        f"build with `cargo +{nightly['toolchain']} build --profile cranelift -Zcodegen-backend`"
+        if ready
+        else "install it first: `rustup toolchain install nightly && rustup component add "
+        "rustc-codegen-cranelift-preview --toolchain nightly`"
+    )
+    change = {
+        "file": ".cargo/config.toml",
+        "set": [
+            {"key": ["profile", "cranelift", "inherits"], "value": "dev"},
+            {"key": ["profile", "cranelift", "codegen-backend"], "value": "cranelift"},
+        ],
+    }
+    return suggestion(
+        "cranelift",
+        "Generate dev code with cranelift (a profile of its own; stable builds unchanged)",
+        found[2] + "; " + how,
+        change,
+        0.5 * found[0],
+        "half of codegen (the leptos article: -75% incremental with mold)",
+        "nightly only; slower generated code; some crates miss LLVM intrinsics",
+        needs_nightly=True,
+        full_rebuild=True,
+    )
+
+
+def codegen_units_default(ctx: Context) -> dict[str, Any] | None:
+    units = ctx.profile.get("codegen_units")
+    if units is None or units >= 256 or not ctx.incremental:
+        return None
+    codegen = ctx.median("codegen_s") or ctx.median("compile_s") or 0.0
+    return suggestion(
+        "codegen-units-default",
+        "Restore the default codegen-units (256) for dev builds",
+        f"the dev profile sets codegen-units = {units}; codegen parallelism and incremental "
+        f"reuse suffer; median compile {secs(codegen)}",
+        _profile_edit(ctx, "codegen_units", {"remove": [["profile", "dev", "codegen-units"]]}),
+        0.3 * codegen,
+        "a third of codegen time",
+        "slightly slower generated code (debug builds rarely care)",
+        full_rebuild=True,
+    )
+
+
+def incremental_on(ctx: Context) -> dict[str, Any] | None:
+    if ctx.profile.get("incremental", True) or not ctx.incremental:
+        return None
+    compile_s = ctx.median("compile_s") or 0.0
+    return suggestion(
+        "incremental-on",
+        "Turn incremental compilation back on",
+        f"the dev profile sets incremental = false; every rebuild compiles the edited crate "
+        f"from scratch (median compile {secs(compile_s)})",
+        # build.incremental overrides every profile: both go.
+        _profile_edit(
+            ctx,
+            "incremental",
+            {"remove": [["profile", "dev", "incremental"], ["build", "incremental"]]},
+        ),
+        0.5 * compile_s,
+        "half of compile time",
+        "more disk use in target/",
+        full_rebuild=True,
+    )
+
+
+def _profile_edit(ctx: Context, key: str, edit: dict[str, Any]) -> dict[str, Any]:
+    """edit, aimed where the profile value came from (the probe's "sources"): the
+    project's Cargo.toml or .cargo/config.toml. A value from the environment or a
+    file outside the project is for the user to change where it is set; a set
+    into the project's own .cargo/config.toml overrides a farther file."""
+    source = str((ctx.profile.get("sources") or {}).get(key) or "default")
+    root = Path(ctx.root)
+    if source in ("default", str(root / "Cargo.toml")):
+        return {"file": "Cargo.toml", **edit}
+    if source == str(root / ".cargo" / "config.toml") or (
+        "/" in source and "set" in edit and not (root / ".cargo" / "config").exists()
+    ):
+        return {"file": ".cargo/config.toml", **edit}
+    if "/" not in source:
+        return {"file": "environment", "manual": f"unset {source} where rbd start runs"}
+    keys = edit.get("remove") or [entry["key"] for entry in edit.get("set", [])]
+    dotted = ", ".join(".".join(k) for k in keys)
+    return {"file": source, "manual": f"change {dotted} there"}
+
+
+def rust_analyzer_target_dir(ctx: Context) -> dict[str, Any] | None:
+    waits = [
+        (b.get("phases") or {}).get("lock_wait_s") or 0.0 for b in ctx.builds if b.get("outcome")
+    ]
+    waited = [w for w in waits if w >= 0.1]
+    if len(waited) < 2:
+        return None
+    return suggestion(
+        "rust-analyzer-target-dir",
+        "Give rust-analyzer its own target dir",
+        f"{len(waited)} of the last {len(waits)} builds waited for another cargo's lock on the "
+        f"build directory, {secs(sum(waited))} in all (median {secs(statistics.median(waited))})",
+        {
+            "file": ".vscode/settings.json",
+            "manual": 'set "rust-analyzer.cargo.targetDir": true (or your editor\'s equivalent)',
+        },
+        statistics.median(waited) * len(waited) / max(1, len(waits)),
+        "the lock waits measured here, averaged over the builds considered",
+        "rust-analyzer builds dependencies once more into its own directory (disk space)",
+        source="measured",
+    )
+
+
+def _units_by_name(ctx: Context, kind: str) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for build in ctx.incremental:
+        for unit in ctx.units.get(int(build["id"]), []):
+            if unit.get("kind") == kind:
+                found.setdefault(str(unit["name"]), []).append(unit)
+    return found
+
+
+def rerun_if_changed(ctx: Context) -> dict[str, Any] | None:
+    n = len(ctx.incremental)
+    best: tuple[float, str, int] | None = None
+    for name, runs in _units_by_name(ctx, "build-script-run").items():
+        if n >= MIN_BUILDS and len(runs) * 2 >= n:
+            cost = statistics.median(u.get("build_script_s") or 0.0 for u in runs)
+            if best is None or cost > best[0]:
+                best = (cost, name, len(runs))
+    if best is None:
+        return None
+    cost, name, count = best
+    return suggestion(
+        "rerun-if-changed",
+        f"Stop {name}'s build script from running on every rebuild",
+        f"its build script ran in {count} of the last {n} incremental rebuilds, {secs(cost)} each "
+        "(median)",
+        {
+            "file": f"build.rs of {name}",
+            "manual": 'print "cargo::rerun-if-changed=PATH" for exactly the inputs it reads',
+        },
+        cost,
+        "the script's median run time, measured here",
+        "none, if the listed inputs are complete",
+        source="measured",
+    )
+
+
+MISMATCH_WORDS = ("RUSTFLAGS", "rustflags", "features", "profile", "config settings", "env var")
+
+
+def flags_mismatch(ctx: Context) -> dict[str, Any] | None:
+    hits: dict[str, list[dict[str, Any]]] = {}
+    for build in ctx.incremental:
+        for unit in ctx.units.get(int(build["id"]), []):
+            reason = str(unit.get("dirty_reason") or "")
+            if any(word in reason for word in MISMATCH_WORDS):
+                hits.setdefault(str(build["id"]), []).append(unit)
+    if len(hits) < 2:
+        return None
+    per_build = [sum(u.get("total_s") or 0.0 for u in units) for units in hits.values()]
+    example = next(iter(hits.values()))[0]
+    return suggestion(
+        "flags-mismatch",
+        "Another tool builds with different flags: each switch rebuilds everything",
+        f"in {len(hits)} of the last {len(ctx.incremental)} rebuilds cargo rebuilt units because "
+        f"flags changed (e.g. {example['name']}: {example.get('dirty_reason')}), median "
+        f"{secs(statistics.median(per_build))} of unit time",
+        {
+            "file": ".cargo/config.toml",
+            "manual": "give every tool the same RUSTFLAGS/features, or rust-analyzer its own "
+            "target dir",
+        },
+        statistics.median(per_build) * len(hits) / max(1, len(ctx.incremental)),
+        "the time of the units rebuilt for flag changes, measured here",
+        "none",
+        source="measured",
+    )
+
+
+def split_crate(ctx: Context) -> dict[str, Any] | None:
+    wall = ctx.median("wall_s")
+    if not wall or len(ctx.incremental) < MIN_BUILDS:
+        return None
+    for name, units in _units_by_name(ctx, "lib").items():
+        fronts = [u["frontend_s"] for u in units if u.get("frontend_s") and u.get("critical_path")]
+        if len(fronts) * 2 >= len(ctx.incremental) and statistics.median(fronts) >= 0.4 * wall:
+            front = statistics.median(fronts)
+            return suggestion(
+                "split-crate",
+                f"Split {name}: its frontend alone is much of every rebuild",
+                f"{name}'s frontend (parsing, type and borrow checking) took {secs(front)} of the "
+                f"median {secs(wall)} rebuild, on the critical path in {len(fronts)} builds",
+                {"file": f"{name}/Cargo.toml", "manual": "move rarely edited modules to a crate"},
+                0.3 * front,
+                "a third of the crate's frontend, the part left unedited",
+                "more crates to maintain; cross-crate inlining needs #[inline]",
+            )
+    return None
+
+
+def sccache(ctx: Context) -> dict[str, Any] | None:
+    wrapper = ctx.env.get("rustc_wrapper") or ""
+    if PurePath(str(wrapper)).name != "sccache" or not ctx.incremental:
+        return None
+    overhead = ctx.median("overhead_s") or 0.0
+    return suggestion(
+        "sccache",
+        "Leave sccache out of the edit-rebuild loop",
+        f"RUSTC_WRAPPER is {wrapper}; sccache cannot cache incrementally compiled workspace "
+        f"crates, which is all an edit rebuilds (median rebuild {secs(ctx.median('wall_s') or 0)})",
+        {"file": "environment", "manual": "start rbd with RUSTC_WRAPPER= (keep sccache for CI)"},
+        min(overhead, 0.05),
+        "sccache's per-invocation cost, at most 50 ms",
+        "clean builds of dependencies are no longer shared through the cache",
+    )
+
+
+def cargo_check_loop(ctx: Context) -> dict[str, Any] | None:
+    recent = [b for b in ctx.builds if b.get("outcome") in ("success", "failure")]
+    failed = [b for b in recent if b.get("outcome") == "failure" and b.get("errors")]
+    if len(recent) < 5 or len(failed) * 10 < len(recent) * 4:
+        return None
+    saved = _codegen_and_link(ctx)
+    return suggestion(
+        "cargo-check-loop",
+        "Check instead of build while you fix errors",
+        f"{len(failed)} of the last {len(recent)} builds failed with compile errors; checking "
+        f"skips codegen and link ({secs(saved)} of the median successful rebuild)",
+        {"file": "rbd.toml", "manual": 'command = "check" (and back to "build" to run it)'},
+        saved * len(failed) / len(recent),
+        "codegen + link of a rebuild, for the share of builds that fail",
+        "no binary to run until you switch back",
+    )
+
+
+def deps_opt_level(ctx: Context) -> dict[str, Any] | None:
+    level = ctx.profile.get("deps_opt_level", 0)
+    if not isinstance(level, int) or level < 2:
+        return None
+    # Builds that rebuilt many units rebuilt dependencies (a start, an update).
+    heavy = [b for b in ctx.builds if (b.get("units_rebuilt") or 0) >= 10 and b.get("wall_s")]
+    if not heavy:
+        return None
+    worst = max(heavy, key=lambda b: float(b["wall_s"]))
+    return suggestion(
+        "deps-opt-level",
+        f"Optimize dependencies at opt-level 1, not {level}",
+        f"dependencies are built at opt-level {level}; build #{worst['id']} rebuilt "
+        f"{worst['units_rebuilt']} units in {secs(float(worst['wall_s']))}",
+        _profile_edit(
+            ctx,
+            "deps_opt_level",
+            {"set": [{"key": ["profile", "dev", "package", "*", "opt-level"], "value": 1}]},
+        ),
+        0.0,
+        "no effect on an edit's rebuild; dependency rebuilds (updates, clean builds) get faster",
+        "dependency code runs somewhat slower in dev builds",
+        full_rebuild=True,
+    )
+
+
+RULES: tuple[Callable[[Context], dict[str, Any] | None], ...] = (
+    debuginfo_line_tables,
+    deps_no_debuginfo,
+    split_debuginfo,
+    linker_lld,
+    linker_mold,
+    cranelift,
+    deps_opt_level,
+    codegen_units_default,
+    incremental_on,
+    rust_analyzer_target_dir,
+    rerun_if_changed,
+    flags_mismatch,
+    split_crate,
+    sccache,
+    cargo_check_loop,
+)
+
+
+def suggest(ctx: Context) -> tuple[list[dict[str, Any]], str | None]:
+    """(suggestions ranked by expected seconds saved per rebuild, a hint when data is short)."""
+    found = [made for rule in RULES if (made := rule(ctx)) is not None]
+    found.sort(key=lambda made: -made["expected"]["saves_s"])
+    hint = None
+    if len(ctx.incremental) < MIN_BUILDS:
+        hint = (
+            f"{len(ctx.incremental)} incremental rebuild(s) recorded; most rules need "
+            f"{MIN_BUILDS}. Save a file in the project a few times (rbd rebuilds on every "
+            "save), then ask again."
+        )
+    return found, hint

@@ -1,0 +1,1 @@
+"""`rbd bench`: configurations measured side by side, on a copy of the project."""

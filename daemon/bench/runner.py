@@ -1,0 +1,357 @@
+"""`rbd bench`: build configurations measured side by side, as a careful engineer would.
+
+Every configuration, `default` included, builds a copy of the workspace (see
+daemon.benchsource) into its own `<target dir>/rbd/bench/<name>`, so neither the user's
+files nor their target dir are touched. Runs are interleaved (A B C A B C ...) so that
+drift of the machine hits every configuration alike; warm-ups are not counted. Clean
+runs `cargo clean` that configuration's target dir first; incremental runs edit one
+source file of the copy first (a string literal, else a comment), so the crate really
+recompiles.
+
+Wall times are cargo's own (spawn to exit) and the phase split is rbd's usual
+measurement (daemon.timings, link times from the shim), so a bench's numbers and a
+watched build's numbers mean the same thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from rbd.contract import protocol
+from rbd.daemon.advice import probe
+from rbd.daemon.bench import source as benchsource
+from rbd.daemon.build import cargo_config, procs
+from rbd.daemon.build import configurations as configs
+from rbd.daemon.build.builder import Build
+from rbd.daemon.build.records import BuildResult
+from rbd.daemon.build.shim import Shim, Shims
+from rbd.daemon.errors import ConfigError
+from rbd.daemon.projects import settings as configuration
+from rbd.daemon.projects import workspace as workspaces
+from rbd.daemon.store.sqlite import now_iso
+
+log = structlog.get_logger("bench")
+
+MODES = ("clean", "incremental")
+NOISY = 0.10  # σ/mean above this flags a result as noisy
+MAX_RUNS = 100
+CLEAN_TIMEOUT_S = 120.0
+Emit = Callable[[dict[str, Any]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    configs: tuple[str, ...] | None = None  # None: every named configuration
+    runs: int = 6
+    warmup: int = 2
+    modes: tuple[str, ...] = MODES
+    edit: str | None = None
+
+    def check(self) -> Options:
+        if not 1 <= self.runs <= MAX_RUNS:
+            raise ConfigError(f"--runs must be between 1 and {MAX_RUNS} (got {self.runs})")
+        if not 0 <= self.warmup <= MAX_RUNS:
+            raise ConfigError(f"--warmup must be between 0 and {MAX_RUNS} (got {self.warmup})")
+        if not self.modes or any(m not in MODES for m in self.modes):
+            raise ConfigError(f"modes must be among {', '.join(MODES)} (got {list(self.modes)})")
+        if self.configs is not None and not self.configs:
+            raise ConfigError("--configs names no configuration")
+        return self
+
+
+@dataclasses.dataclass
+class Series:
+    """One configuration in one mode: its counted runs."""
+
+    config: configs.BuildConfig
+    mode: str
+    walls: list[float] = dataclasses.field(default_factory=list)
+    results: list[BuildResult] = dataclasses.field(default_factory=list)
+    failure: str | None = None
+
+
+class Bench:
+    """One bench of one project. `run()` returns the report (the `bench --json` shape)."""
+
+    def __init__(
+        self,
+        workspace: workspaces.Workspace,
+        env: dict[str, str],
+        options: Options,
+        shims: Shims,
+        emit: Emit,
+        triggers: list[list[str]] | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self.workspace = workspace
+        # A watched project's own settings (`rbd start --command check` ...): the bench
+        # measures the command the daemon runs.
+        self.overrides = overrides or {}
+        self.env = env
+        self.options = options.check()
+        self.shims = shims
+        self.emit = emit
+        self.triggers = triggers or []
+        self.done = 0
+        self.total = 0
+
+    async def run(self) -> dict[str, Any]:
+        started_at = now_iso()
+        workspace = self.workspace
+        if workspace.metadata_error:
+            raise ConfigError(f"cargo cannot read this project: {workspace.metadata_error}")
+        root = workspace.root
+        settings = configuration.load(root, self.env, self.overrides)
+        base = settings.argv()
+        bench_dir = workspace.target_dir / "rbd" / "bench"
+        copy = bench_dir / "src"
+        chosen = await self._resolve(root, bench_dir)
+        runnable = [c for c in chosen if c.available]
+        incremental = "incremental" in self.options.modes
+        edit_file = (
+            benchsource.edit_target(
+                root, list(workspace.package_dirs), self.triggers, self.options.edit
+            )
+            if incremental
+            else None
+        )
+        rounds = self.options.warmup + self.options.runs
+        per_mode = {"clean": rounds, "incremental": rounds + 1}  # +1: the priming build
+        self.total = sum(per_mode[m] for m in self.options.modes) * len(runnable)
+        files = await anyio.to_thread.run_sync(
+            benchsource.copy_workspace, root, workspace.target_dir, copy
+        )
+        log.info("bench_copy", root=str(root), copy=str(copy), files=files)
+        original = (copy / edit_file).read_text() if edit_file else ""
+        edit = benchsource.plan_edit(original)
+        # Announced once the copy is made: what the bench measures is the sources as of now.
+        self.emit(
+            {
+                "event": protocol.BENCH_STARTED,
+                "configs": [c.name for c in chosen],
+                "modes": list(self.options.modes),
+                "runs": self.options.runs,
+                "warmup": self.options.warmup,
+                "total": self.total,
+            }
+        )
+        shim = await self.shims.get(self.env)
+        wrapper = await anyio.to_thread.run_sync(cargo_config.rustc_wrapper, root, self.env)
+        runner = _Runner(self, base, copy, settings.timeout_s, shim, wrapper)
+        series: list[Series] = []
+        edited = copy / (edit_file or "")
+        for mode in self.options.modes:
+            mode_series = [Series(c, mode) for c in runnable]
+            if mode == "incremental":
+                edit = await runner.prime(mode_series, edited, original, edit)
+            await runner.rounds(mode_series, rounds, edited, original, edit)
+            series += mode_series
+        return {
+            "project": str(root),
+            "runs": self.options.runs,
+            "warmup": self.options.warmup,
+            "started_at": started_at,
+            "finished_at": now_iso(),
+            "edit": {"file": str(edit_file), "kind": edit.kind} if edit_file else None,
+            "baseline": _baseline(chosen),
+            "results": _results(chosen, series, self.options.modes),
+        }
+
+    async def _resolve(self, root: Path, bench_dir: Path) -> list[configs.BuildConfig]:
+        names = self.options.configs or configs.NAMES
+        found = await probe.probe(root, self.env)
+        nightly = found.get("nightly") or {}
+        cranelift = nightly.get("toolchain") if nightly.get("cranelift") else None
+        chosen: list[configs.BuildConfig] = []
+        for name in dict.fromkeys(names):
+            resolved = configs.resolve(
+                name, root, bench_dir, self.env, str(found.get("host") or ""), cranelift
+            )
+            if resolved.name not in [c.name for c in chosen]:
+                chosen.append(dataclasses.replace(resolved, target_dir=bench_dir / resolved.name))
+        return chosen
+
+    def progress(self, series: Series, counted: bool, result: BuildResult) -> None:
+        self.done += 1
+        self.emit(
+            {
+                "event": protocol.BENCH_PROGRESS,
+                "config": series.config.name,
+                "mode": series.mode,
+                "counted": counted,
+                "outcome": result.outcome,
+                "wall_s": round(result.wall_s, 4),
+                "done": self.done,
+                "total": self.total,
+            }
+        )
+
+
+class _Runner:
+    """Runs the builds of one bench, interleaved."""
+
+    def __init__(
+        self,
+        bench: Bench,
+        base: list[str],
+        copy: Path,
+        timeout_s: float,
+        shim: Shim | None,
+        wrapper: str | None,
+    ) -> None:
+        self.bench = bench
+        self.base = base
+        self.copy = copy
+        self.timeout_s = timeout_s
+        self.shim = shim
+        self.wrapper = wrapper
+        self.edits = 0
+
+    async def prime(
+        self, series: list[Series], path: Path, original: str, edit: benchsource.Edit
+    ) -> benchsource.Edit:
+        """One uncounted build per configuration, so that the runs after it are incremental.
+        A string-literal edit that breaks the build is replaced by a comment edit."""
+        for s in series:
+            self._write(path, original, edit)
+            result = await self.build(s)
+            if result.outcome == "failure" and edit.kind == "string":
+                edit = benchsource.plan_edit(original, comment_only=True)
+                log.warning("bench_edit_fallback", file=str(path), error=result.first_error)
+                self._write(path, original, edit)
+                result = await self.build(s)
+            self._check(s, result)
+            self.bench.progress(s, False, result)
+        return edit
+
+    async def rounds(
+        self,
+        series: list[Series],
+        rounds: int,
+        path: Path,
+        original: str,
+        edit: benchsource.Edit,
+    ) -> None:
+        for i in range(rounds):
+            for s in series:
+                if s.failure is not None:
+                    continue
+                if s.mode == "clean":
+                    await self.clean(s.config)
+                else:
+                    self._write(path, original, edit)
+                result = await self.build(s)
+                counted = i >= self.bench.options.warmup
+                self._check(s, result)
+                if counted and s.failure is None:
+                    s.walls.append(result.wall_s)
+                    s.results.append(result)
+                self.bench.progress(s, counted, result)
+
+    def _check(self, s: Series, result: BuildResult) -> None:
+        if result.outcome != "success" and s.failure is None:
+            first = (result.first_error or "").strip().splitlines()
+            s.failure = f"build {result.outcome}" + (f": {first[0]}" if first else "")
+
+    def _write(self, path: Path, original: str, edit: benchsource.Edit) -> None:
+        self.edits += 1
+        path.write_text(edit.apply(original, self.edits))
+
+    async def clean(self, config: configs.BuildConfig) -> None:
+        assert config.target_dir is not None
+        argv = [self.base[0], "clean", "--target-dir", str(config.target_dir)]
+        with anyio.fail_after(CLEAN_TIMEOUT_S):
+            done = await anyio.run_process(
+                argv,
+                cwd=self.copy,
+                env=config.apply_env(self.bench.env),
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        if done.returncode != 0:
+            raise ConfigError(f"cargo clean failed: {done.stderr.decode(errors='replace')}")
+
+    async def build(self, s: Series) -> BuildResult:
+        argv = s.config.argv(self.base)
+        build = Build(
+            argv,
+            self.copy,
+            s.config.apply_env(self.bench.env),
+            self.timeout_s,
+            lambda event: None,  # a bench's builds are not the project's builds
+            shim=self.shim,
+            user_wrapper=self.wrapper,
+        )
+        try:
+            return await build.run()
+        except anyio.get_cancelled_exc_class():
+            # Cancelled (bench_cancel, shutdown, Ctrl-C): nothing of the build survives.
+            with anyio.CancelScope(shield=True):
+                build.cancel()
+                if build.pgid is not None:
+                    await procs.kill_group_and_wait(build.pgid)
+            raise
+
+
+def _baseline(chosen: list[configs.BuildConfig]) -> str:
+    names = [c.name for c in chosen if c.available]
+    return "default" if "default" in names else (names[0] if names else "default")
+
+
+def _median_run(s: Series) -> BuildResult:
+    order = sorted(range(len(s.walls)), key=lambda i: s.walls[i])
+    return s.results[order[(len(order) - 1) // 2]]
+
+
+def _results(
+    chosen: list[configs.BuildConfig], series: list[Series], modes: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    baseline = _baseline(chosen)
+    by_key = {(s.config.name, s.mode): s for s in series}
+    out: list[dict[str, Any]] = []
+    for mode in modes:
+        base = by_key.get((baseline, mode))
+        base_median = statistics.median(base.walls) if base and base.walls else None
+        for config in chosen:
+            s = by_key.get((config.name, mode))
+            row: dict[str, Any] = {
+                "config": config.name,
+                "mode": mode,
+                "available": config.available,
+                "reason": config.reason if not config.available else s.failure if s else None,
+                "mean_s": None,
+                "stddev_s": None,
+                "min_s": None,
+                "median_s": None,
+                "delta_s": None,
+                "delta_pct": None,
+                "noisy": None,
+                "phases": None,
+                "runs_s": [],
+            }
+            if s is not None and s.walls and s.failure is None:
+                mean = statistics.fmean(s.walls)
+                stddev = statistics.stdev(s.walls) if len(s.walls) > 1 else 0.0
+                median = statistics.median(s.walls)
+                row.update(
+                    mean_s=round(mean, 4),
+                    stddev_s=round(stddev, 4),
+                    min_s=round(min(s.walls), 4),
+                    median_s=round(median, 4),
+                    noisy=mean > 0 and stddev / mean > NOISY,
+                    phases=_median_run(s).phases,
+                    runs_s=[round(w, 4) for w in s.walls],
+                )
+                if base_median:
+                    row["delta_s"] = round(median - base_median, 4)
+                    row["delta_pct"] = round(100 * (median - base_median) / base_median, 1)
+            out.append(row)
+    return out

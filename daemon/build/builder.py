@@ -1,0 +1,366 @@
+"""Runs one cargo build in its own process group and reads what cargo says about it.
+
+cargo runs with rbd's instrumentation (see `config.INSTRUMENTATION`): JSON
+messages on stdout (artifacts, diagnostics, build-script runs), `-v` lines
+on stderr (dirty reasons, each process cargo starts), the `--timings` report
+it writes at the end (analysed by `timings`), and its progress bar forced on
+(`CARGO_TERM_PROGRESS_WHEN=always`) for `N/M` progress, and the link times
+rbd's rustc wrapper and linker shim record (see `shim`). None of this is part
+of cargo's fingerprints: a plain `cargo build` afterwards finds every unit
+fresh.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import ByteReceiveStream
+
+from rbd.contract import protocol
+from rbd.daemon.build import linker, procs, timings
+from rbd.daemon.build.records import BuildResult, UnitRecord
+from rbd.daemon.build.shim import Shim, read_links
+
+log = structlog.get_logger("builder")
+
+PROGRESS = re.compile(r"^\s*Building \[[^\]]*\]\s+(\d+)/(\d+):?\s*(.*?)\s*$")
+COMPILING = re.compile(r"^\s*Compiling (\S+) v")
+# With -v: why cargo rebuilds a package, and each process it runs.
+DIRTY = re.compile(r"^\s*Dirty (\S+) v\S+(?: \([^)]*\))?: (.*)$")
+RUNNING = re.compile(r"^\s*Running `")
+LOCK_WAIT = re.compile(r"^\s*Blocking waiting for file lock")
+REPORT = re.compile(r"^\s*Timing report saved to (.+?)\s*$")
+# File timestamps may be coarser than the clock (some filesystems keep 1 ms or worse).
+MTIME_SLACK_NS = 5_000_000
+LINKED_SUFFIXES = (".rmeta", ".rlib", ".d", ".a", ".lib")
+MAX_STDERR_KEEP = 200
+
+EventSink = Callable[[dict[str, Any]], None]
+
+
+def package_name(package_id: str) -> str:
+    """The package name in a cargo package id (`...#name@1.0.0`, or `path+file:///x/name#1.0.0`)."""
+    url, _, fragment = package_id.partition("#")
+    if "@" in fragment:
+        return fragment.split("@", 1)[0]
+    return url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+
+
+def _is_summary(message: dict[str, Any]) -> bool:
+    # "aborting due to 2 previous errors" and "3 warnings emitted" repeat what was said.
+    text = str(message.get("message", ""))
+    return not message.get("spans") and (
+        text.startswith("aborting due to") or re.search(r"\d+ warnings? emitted", text) is not None
+    )
+
+
+class Build:
+    """One cargo run. `run()` returns its result; `cancel()` ends it early."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        timeout_s: float,
+        emit: EventSink,
+        cargo_version: tuple[int, int] | None = None,
+        on_spawn: Callable[[Build], None] | None = None,
+        shim: Shim | None = None,
+        user_wrapper: str | None = None,
+    ) -> None:
+        self.argv = argv
+        self.cwd = cwd
+        self.env = {
+            **env,
+            "CARGO_TERM_PROGRESS_WHEN": "always",
+            "CARGO_TERM_PROGRESS_WIDTH": "1000",
+            "CARGO_TERM_COLOR": "never",
+        }
+        self.timeout_s = timeout_s
+        self.emit = emit
+        self.pgid: int | None = None
+        self.pg_start: int | None = None
+        self.spawned = anyio.Event()
+        self.spawned_at = 0.0
+        self.done = 0
+        self.total: int | None = None
+        self.active: list[str] = []
+        self._cancelled = False
+        self._started: dict[str, float] = {}
+        self.spawned_wall_ns = 0
+        # (start, end) mtimes, in ns, of each build script run of this build.
+        self._script_runs: list[tuple[int, int]] = []
+        self._stderr: list[str] = []
+        self.cargo_version = cargo_version
+        # Called as soon as cargo runs, before any of its output is read.
+        self._on_spawn = on_spawn
+        self._dirty: dict[str, str] = {}
+        self._first_unit: float | None = None
+        self._lock_since: float | None = None
+        self._lock_wait = 0.0
+        self._report: Path | None = None
+        self._executables: list[Path] = []
+        self.result = BuildResult(outcome="success", wall_s=0.0, rustc_wrapper=user_wrapper)
+        # rbd's rustc wrapper and linker shim (link times); None runs cargo as is.
+        self._shim = shim
+        self._timing_dir: Path | None = None
+
+    def progress(self) -> dict[str, Any]:
+        return {
+            "done": self.done,
+            "total": self.total,
+            "active": self.active,
+            "elapsed_s": round(time.monotonic() - self.spawned_at, 3) if self.spawned_at else 0.0,
+        }
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if self.pgid is not None:
+            procs.kill_group(self.pgid)
+
+    def owns_write(self, relative: str) -> bool:
+        """Whether the current content of a changed file was written by this build.
+
+        cargo writes Cargo.lock while resolving. A build script runs between
+        cargo's `invoked.timestamp` (touched just before the script starts,
+        for its own rerun-if-changed checks) and its `output` file: a file
+        whose mtime falls in such a run was written by the script. Deciding
+        by mtime, not by when the event arrived, keeps a user's edit made
+        during or after the build a change.
+        """
+        try:
+            mtime = (self.cwd / relative).stat().st_mtime_ns
+        except OSError:
+            return False
+        if Path(relative).name == "Cargo.lock":
+            return mtime >= self.spawned_wall_ns - MTIME_SLACK_NS
+        return any(
+            start - MTIME_SLACK_NS <= mtime <= end + MTIME_SLACK_NS
+            for start, end in self._script_runs
+        )
+
+    async def run(self) -> BuildResult:
+        env = self.env
+        if self._shim is not None:
+            self._timing_dir = Path(tempfile.mkdtemp(prefix="rbd-links-"))
+            env = self._shim.build_env(env, self.result.rustc_wrapper, self._timing_dir)
+        try:
+            return await self._run(env)
+        finally:
+            if self._timing_dir is not None:
+                shutil.rmtree(self._timing_dir, ignore_errors=True)
+
+    async def _run(self, env: dict[str, str]) -> BuildResult:
+        result = self.result
+        self.spawned_at = time.monotonic()
+        self.spawned_wall_ns = time.time_ns()
+        try:
+            process = await anyio.open_process(
+                self.argv,
+                cwd=self.cwd,
+                env=env,
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            result.outcome = "failure"
+            result.first_error = f"cannot run {self.argv[0]}: {exc}"
+            result.wall_s = time.monotonic() - self.spawned_at
+            return result
+        self.pgid = process.pid
+        self.pg_start = procs.start_ticks(process.pid)
+        if self._on_spawn is not None:
+            self._on_spawn(self)
+        self.spawned.set()
+        timed_out = False
+        assert process.stdout is not None and process.stderr is not None
+        with anyio.move_on_after(self.timeout_s) as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read_lines, process.stdout, b"\n", self._on_stdout)
+                tg.start_soon(self._read_lines, process.stderr, b"\r\n", self._on_stderr)
+            await process.wait()
+        if scope.cancelled_caught:
+            timed_out = True
+        with anyio.CancelScope(shield=True):
+            if timed_out or self._cancelled:
+                await procs.kill_group_and_wait(self.pgid)
+                await process.wait()
+            elif procs.group_alive(self.pgid):
+                # cargo exited but left something running (a build script's
+                # daemonized child): it must not outlive the build.
+                await procs.kill_group_and_wait(self.pgid)
+        result.wall_s = time.monotonic() - self.spawned_at
+        if timed_out:
+            result.outcome = "timeout"
+            result.first_error = f"build killed after the {self.timeout_s:g} s timeout"
+        elif self._cancelled:
+            result.outcome = "cancelled"
+        elif process.returncode == 0:
+            result.outcome = "success"
+        else:
+            result.outcome = "failure"
+            if result.first_error is None:
+                result.first_error = (
+                    self._cargo_error() or f"cargo exited with {process.returncode}"
+                )
+        if result.outcome == "failure" and not result.diagnostics:
+            result.diagnostics = "\n".join(self._stderr)
+        if result.outcome in ("success", "failure"):
+            await anyio.to_thread.run_sync(self._analyze)
+        return result
+
+    def _analyze(self) -> None:
+        """After cargo exited: the timings report, and which linker linked."""
+        first_unit = None if self._first_unit is None else self._first_unit - self.spawned_at
+        links = None if self._timing_dir is None else read_links(self._timing_dir)
+        timings.apply_report(
+            self.result,
+            self._report,
+            self.cargo_version,
+            self._dirty,
+            first_unit,
+            self._lock_wait,
+            links,
+        )
+        for executable in reversed(self._executables):
+            found = linker.identify(executable)
+            if found != "unknown":
+                self.result.linker_seen = found
+                break
+
+    async def _read_lines(
+        self, stream: ByteReceiveStream, separators: bytes, handle: Callable[[str], None]
+    ) -> None:
+        pending = b""
+        pattern = re.compile(b"[" + re.escape(separators) + b"]")
+        async for chunk in stream:
+            pending += chunk
+            *lines, pending = pattern.split(pending)
+            for line in lines:
+                if line:
+                    handle(line.decode(errors="replace"))
+        if pending:
+            handle(pending.decode(errors="replace"))
+
+    def _on_stderr(self, line: str) -> None:
+        now = time.monotonic()
+        if match := PROGRESS.match(line):
+            self.done, self.total = int(match[1]), int(match[2])
+            self.active = [name.strip() for name in match[3].split(",") if name.strip()]
+            self.emit({"event": protocol.BUILD_PROGRESS, **self.progress()})
+            return
+        if self._lock_since is not None:
+            # Whatever cargo says next, it has the lock.
+            self._lock_wait += now - self._lock_since
+            self._lock_since = None
+        if LOCK_WAIT.match(line):
+            self._lock_since = now
+        elif match := COMPILING.match(line):
+            self._started.setdefault(match[1], now)
+            if self._first_unit is None:
+                self._first_unit = now
+        elif RUNNING.match(line):
+            if self._first_unit is None:
+                self._first_unit = now
+            return  # full command lines: long, and not what a user wants in diagnostics
+        elif match := DIRTY.match(line):
+            self._dirty[match[1]] = match[2]
+        elif match := REPORT.match(line):
+            self._report = self.cwd / match[1]
+        self._stderr.append(line.rstrip())
+        del self._stderr[:-MAX_STDERR_KEEP]
+
+    def _on_stdout(self, line: str) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return  # a build script or proc macro printing to stdout
+        if not isinstance(message, dict):
+            return
+        reason = message.get("reason")
+        if reason == "compiler-artifact":
+            self._on_artifact(message)
+        elif reason == "compiler-message":
+            self._on_diagnostic(message.get("message") or {})
+        elif reason == "build-script-executed":
+            self._on_script_run(str(message.get("out_dir", "")))
+
+    def _on_script_run(self, out_dir: str) -> None:
+        # cargo reports fresh build scripts too; only a run of this build counts.
+        unit_dir = Path(out_dir).parent
+        try:
+            start = (unit_dir / "invoked.timestamp").stat().st_mtime_ns
+            end = (unit_dir / "output").stat().st_mtime_ns
+        except OSError:
+            return
+        if start >= self.spawned_wall_ns - MTIME_SLACK_NS:
+            self._script_runs.append((start, max(start, end)))
+
+    def _on_artifact(self, message: dict[str, Any]) -> None:
+        now = time.monotonic()
+        result = self.result
+        target = message.get("target") or {}
+        kinds = target.get("kind") or ["unknown"]
+        package = package_name(str(message.get("package_id", "")))
+        fresh = bool(message.get("fresh"))
+        if fresh:
+            result.units_fresh += 1
+            return
+        result.units_rebuilt += 1
+        filenames = [str(f) for f in message.get("filenames") or []]
+        if any(not f.endswith(LINKED_SUFFIXES) for f in filenames):
+            result.linked = True
+        if message.get("executable"):
+            self._executables.append(Path(str(message["executable"])))
+        # A unit starts when cargo says "Compiling" for its package or, for a
+        # package's later units (bin after lib), when the previous one ended.
+        start = self._started.get(package)
+        total = None if start is None else now - start
+        if start is not None:
+            self._started[package] = now
+        unit = UnitRecord(
+            name=package,
+            target=str(target.get("name", package)),
+            kind=str(kinds[0]),
+            start_s=None if start is None else round(start - self.spawned_at, 4),
+            total_s=None if total is None else round(total, 4),
+        )
+        result.units.append(unit)
+        self.emit({"event": protocol.UNIT_FINISHED, **unit.to_json(), "duration_s": unit.total_s})
+
+    def _on_diagnostic(self, diagnostic: dict[str, Any]) -> None:
+        level = diagnostic.get("level")
+        if level not in ("error", "warning") or _is_summary(diagnostic):
+            return
+        result = self.result
+        rendered = str(diagnostic.get("rendered") or diagnostic.get("message") or "")
+        if level == "error":
+            result.errors += 1
+            if result.first_error is None:
+                result.first_error = rendered.strip()
+        else:
+            result.warnings += 1
+        result.diagnostics += rendered if rendered.endswith("\n") else rendered + "\n"
+
+    def _cargo_error(self) -> str | None:
+        """cargo's own error (bad manifest, missing member...), from its stderr."""
+        for i, line in enumerate(self._stderr):
+            if line.startswith("error"):
+                block = [line]
+                for more in self._stderr[i + 1 : i + 12]:
+                    if not more.strip() or more.startswith(("error", "warning")):
+                        break
+                    block.append(more)
+                return "\n".join(block)
+        return None

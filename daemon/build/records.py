@@ -1,0 +1,122 @@
+"""What one build produced: the plain data passed from builder to store and server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rbd.contract.protocol import PHASE_KEYS
+
+
+@dataclass
+class UnitRecord:
+    """One rebuilt unit (crate target). Fresh units are counted, not kept."""
+
+    name: str
+    target: str
+    kind: str
+    # Seconds from cargo's spawn to the unit's start, and the unit's own time.
+    # Both are measured from cargo's output, so they are null when it gave no
+    # start to measure from.
+    start_s: float | None
+    total_s: float | None
+    fresh: bool = False
+    # From cargo's --timings report: compile time of a compiled unit (with
+    # its frontend/codegen split for libraries), run time of a build script.
+    compile_s: float | None = None
+    frontend_s: float | None = None
+    codegen_s: float | None = None
+    build_script_s: float | None = None
+    # Time in the linker, as rbd's linker shim measured it; inside cargo's
+    # unit time, so compile_s is the unit's time without it. Null when the
+    # unit ran no linker or link time was not measured.
+    link_s: float | None = None
+    # Why cargo rebuilt the unit's package ("the file `src/lib.rs` has changed").
+    dirty_reason: str | None = None
+    critical_path: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "target": self.target,
+            "kind": self.kind,
+            "fresh": self.fresh,
+            "start_s": self.start_s,
+            "compile_s": self.compile_s,
+            "frontend_s": self.frontend_s,
+            "codegen_s": self.codegen_s,
+            "link_s": self.link_s,
+            "build_script_s": self.build_script_s,
+            "total_s": self.total_s,
+            "dirty_reason": self.dirty_reason,
+            "critical_path": self.critical_path,
+        }
+
+
+@dataclass
+class BuildResult:
+    outcome: str
+    wall_s: float
+    # From the first change rbd saw to cargo's spawn; None for a first build.
+    settle_s: float | None = None
+    errors: int = 0
+    warnings: int = 0
+    units_rebuilt: int = 0
+    units_fresh: int = 0
+    linked: bool = False
+    # Which linker the evidence in a linked binary names (see daemon.linker).
+    linker_seen: str | None = None
+    # The user's own RUSTC_WRAPPER (sccache...), which rbd's wrapper runs in turn.
+    rustc_wrapper: str | None = None
+    first_error: str | None = None
+    diagnostics: str = ""
+    units: list[UnitRecord] = field(default_factory=list)
+    phases: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(PHASE_KEYS))
+
+    @property
+    def linker(self) -> str | None:
+        # Null when nothing was linked; "unknown" when something was but no
+        # binary could be read for evidence.
+        if not self.linked:
+            return None
+        return self.linker_seen or "unknown"
+
+
+def summary(
+    *,
+    build_id: int | None,
+    project: str,
+    started_at: str,
+    trigger: list[str],
+    command: list[str],
+    config: str,
+    outcome: str | None,
+    wall_s: float | None,
+    settle_s: float | None,
+    errors: int | None,
+    warnings: int | None,
+    units_rebuilt: int | None,
+    units_fresh: int | None,
+    linker: str | None,
+    phases: dict[str, float | None],
+    rustc_wrapper: str | None = None,
+) -> dict[str, Any]:
+    """A build summary in the shape `history --json` prints (one place builds it)."""
+    return {
+        "id": build_id,
+        "project": project,
+        "started_at": started_at,
+        "trigger": trigger,
+        "command": command,
+        "config": config,
+        "outcome": outcome,
+        "wall_s": None if wall_s is None else round(wall_s, 4),
+        "settle_s": None if settle_s is None else round(settle_s, 4),
+        "errors": errors,
+        "warnings": warnings,
+        "units_rebuilt": units_rebuilt,
+        "units_fresh": units_fresh,
+        "linker": linker,
+        "rustc_wrapper": rustc_wrapper,
+        "phases": {key: phases.get(key) for key in PHASE_KEYS},
+    }

@@ -1,0 +1,158 @@
+"""A project's rbd settings and where they come from.
+
+Precedence, lowest first: defaults, `[workspace.metadata.rbd]` then
+`[package.metadata.rbd]` in the root Cargo.toml, `rbd.toml` at the project
+root, `RBD_*` variables of the environment `rbd start` ran in, and the
+options given to `rbd start`. Unknown keys and wrong types are errors: a
+typo must not silently build the wrong thing.
+"""
+
+from __future__ import annotations
+
+import shlex
+import tomllib
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rbd.daemon.build import configurations
+from rbd.daemon.errors import ConfigError
+
+# Cargo subcommands that build without running anything of the project's.
+SUBCOMMANDS = frozenset({"build", "check", "test", "bench", "clippy", "doc"})
+# These run the tests or benches unless told not to: rbd only builds them.
+NEEDS_NO_RUN = frozenset({"test", "bench"})
+# rbd reads cargo's JSON messages; a user's own format would break that.
+FORBIDDEN_ARGS = ("--message-format", "--timings")
+# What rbd adds to every cargo command to measure it: JSON messages, cargo's
+# timings report, and -v for its dirty reasons. None of them is part of
+# cargo's fingerprints: a plain `cargo build` afterwards rebuilds nothing.
+INSTRUMENTATION = ("--message-format=json", "--timings", "-v")
+
+ENV_KEYS = {
+    "RBD_COMMAND": "command",
+    "RBD_ARGS": "args",
+    "RBD_SETTLE_MS": "settle_ms",
+    "RBD_TIMEOUT_S": "timeout_s",
+    "RBD_CONFIG": "build_config",
+}
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    command: str = "build"
+    args: tuple[str, ...] = ()
+    # Quiet time after the last change before cargo is spawned. watchfiles
+    # already groups events for `WATCH_STEP_MS`, so this adds little.
+    settle_ms: int = 20
+    # A build running longer than this is killed and recorded as `timeout`.
+    timeout_s: float = 1800.0
+    # The named build configuration (daemon.configs): mold, line-tables-only...
+    build_config: str = "default"
+
+    def argv(self) -> list[str]:
+        words = shlex.split(self.command)
+        args = list(self.args)
+        if words[0] in NEEDS_NO_RUN and "--no-run" not in words + args:
+            words.append("--no-run")
+        return ["cargo", *words, *args, *INSTRUMENTATION]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["args"] = list(self.args)
+        return data
+
+
+def _validated(values: dict[str, Any], source: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "command":
+            words = shlex.split(value) if isinstance(value, str) else None
+            if not words or words[0] not in SUBCOMMANDS:
+                raise ConfigError(
+                    f"{source}: command must start with one of {', '.join(sorted(SUBCOMMANDS))}"
+                    f" (got {value!r})"
+                )
+            out[key] = " ".join(words)
+        elif key == "args":
+            if isinstance(value, str):
+                value = shlex.split(value)
+            if not isinstance(value, list | tuple) or not all(isinstance(a, str) for a in value):
+                raise ConfigError(f"{source}: args must be a list of strings (got {value!r})")
+            for arg in value:
+                if arg.startswith(FORBIDDEN_ARGS):
+                    raise ConfigError(f"{source}: rbd sets {arg.split('=')[0]} itself")
+            out[key] = tuple(value)
+        elif key == "settle_ms":
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 60_000:
+                raise ConfigError(f"{source}: settle_ms must be an integer 0..60000")
+            out[key] = value
+        elif key == "timeout_s":
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"{source}: timeout_s must be a positive number")
+            out[key] = float(value)
+        elif key == "build_config":
+            if not isinstance(value, str):
+                raise ConfigError(f"{source}: build_config must be a string (got {value!r})")
+            try:
+                out[key] = "+".join(configurations.parse(value))
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
+        else:
+            raise ConfigError(f"{source}: unknown setting {key!r}")
+    return out
+
+
+def _from_env(env: dict[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, key in ENV_KEYS.items():
+        raw = env.get(name)
+        if raw is None or raw == "":
+            continue
+        if key in ("settle_ms",):
+            try:
+                values[key] = int(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be an integer (got {raw!r})") from None
+        elif key == "timeout_s":
+            try:
+                values[key] = float(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number (got {raw!r})") from None
+        else:
+            values[key] = raw
+    return values
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def load(root: Path, env: dict[str, str], overrides: dict[str, Any]) -> ProjectConfig:
+    config = ProjectConfig()
+    try:
+        manifest = _read_toml(root / "Cargo.toml")
+    except ConfigError:
+        # A broken manifest is cargo's to report, in the build it fails; the
+        # project stays watched so that saving the fix rebuilds.
+        manifest = {}
+    layers: list[tuple[str, Any]] = []
+    for section in ("workspace", "package"):
+        table = manifest.get(section, {})
+        rbd = table.get("metadata", {}).get("rbd") if isinstance(table, dict) else None
+        if rbd is not None:
+            layers.append((f"Cargo.toml [{section}.metadata.rbd]", rbd))
+    layers.append(("rbd.toml", _read_toml(root / "rbd.toml")))
+    layers.append(("RBD_* environment", _from_env(env)))
+    layers.append(("rbd start options", overrides))
+    for source, values in layers:
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source} must be a table")
+        config = replace(config, **_validated(values, source))
+    return config

@@ -1,0 +1,1 @@
+"""The socket API: connections, what each request does, and live events."""

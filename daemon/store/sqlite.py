@@ -1,0 +1,463 @@
+"""The SQLite store: every build, its units, and the projects being watched.
+
+WAL mode so readers (history, show) never wait on the writer; the schema
+version lives in `PRAGMA user_version` and MIGRATIONS brings any older store
+up to date in one transaction, keeping its history. Every write is one
+transaction. The class is synchronous; the daemon calls it from a worker
+thread (daemon.asyncstore) so SQLite never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rbd.contract.protocol import PHASE_KEYS
+from rbd.daemon.build.records import BuildResult, UnitRecord, summary
+from rbd.daemon.errors import StoreError
+
+MIGRATIONS: list[str] = [
+    # 1: builds, their rebuilt units, watched projects.
+    """
+    CREATE TABLE builds (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        command TEXT NOT NULL,
+        config TEXT NOT NULL,
+        outcome TEXT,
+        wall_s REAL,
+        settle_s REAL,
+        errors INTEGER,
+        warnings INTEGER,
+        units_rebuilt INTEGER,
+        units_fresh INTEGER,
+        linker TEXT,
+        overhead_s REAL, compile_s REAL, frontend_s REAL, codegen_s REAL,
+        link_s REAL, build_script_s REAL, lock_wait_s REAL, other_s REAL,
+        first_error TEXT,
+        diagnostics TEXT,
+        pgid INTEGER,
+        pg_start INTEGER
+    );
+    CREATE INDEX builds_by_project ON builds (project, id);
+    CREATE INDEX builds_running ON builds (id) WHERE outcome IS NULL;
+    CREATE TABLE units (
+        build_id INTEGER NOT NULL REFERENCES builds (id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        target TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        start_s REAL,
+        total_s REAL,
+        PRIMARY KEY (build_id, seq)
+    );
+    CREATE TABLE projects (
+        root TEXT PRIMARY KEY,
+        env TEXT NOT NULL,
+        overrides TEXT NOT NULL,
+        added_at TEXT NOT NULL
+    );
+    """,
+    # 2: the per-unit split from cargo's timings report, and dirty reasons.
+    """
+    ALTER TABLE units ADD COLUMN compile_s REAL;
+    ALTER TABLE units ADD COLUMN frontend_s REAL;
+    ALTER TABLE units ADD COLUMN codegen_s REAL;
+    ALTER TABLE units ADD COLUMN build_script_s REAL;
+    ALTER TABLE units ADD COLUMN dirty_reason TEXT;
+    ALTER TABLE units ADD COLUMN critical_path INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 3: link time measured by rbd's linker shim; the user's own rustc wrapper.
+    """
+    ALTER TABLE units ADD COLUMN link_s REAL;
+    ALTER TABLE builds ADD COLUMN rustc_wrapper TEXT;
+    """,
+    # 4: what `rbd tune apply` wrote, to revert it byte for byte.
+    """
+    CREATE TABLE tunes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project TEXT NOT NULL,
+        applied_at TEXT NOT NULL,
+        suggestions TEXT NOT NULL,
+        reverted_at TEXT
+    );
+    CREATE INDEX tunes_by_project ON tunes (project, id);
+    CREATE TABLE tune_files (
+        tune_id INTEGER NOT NULL REFERENCES tunes (id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        before BLOB,
+        after BLOB NOT NULL,
+        PRIMARY KEY (tune_id, seq)
+    );
+    """,
+    # 5: `rbd bench` reports, the evidence `rbd suggest` cites.
+    """
+    CREATE TABLE benches (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project TEXT NOT NULL,
+        finished_at TEXT NOT NULL,
+        report TEXT NOT NULL
+    );
+    CREATE INDEX benches_by_project ON benches (project, id);
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# UnitRecord's fields as the units table keeps them.
+UNIT_COLUMNS = (
+    "name",
+    "target",
+    "kind",
+    "start_s",
+    "total_s",
+    "compile_s",
+    "frontend_s",
+    "codegen_s",
+    "build_script_s",
+    "link_s",
+    "dirty_reason",
+    "critical_path",
+)
+
+# Rendered diagnostics are kept for `rbd show`; a build spewing megabytes of
+# warnings keeps its head, which is where the first error is.
+MAX_DIAGNOSTICS_CHARS = 256 * 1024
+
+_SUMMARY_COLUMNS = (
+    "id, project, started_at, trigger, command, config, outcome, wall_s, settle_s, errors, "
+    "warnings, units_rebuilt, units_fresh, linker, rustc_wrapper, " + ", ".join(PHASE_KEYS)
+)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the store {self.path} has schema {version}, newer than this rbd "
+                f"understands ({SCHEMA_VERSION}); upgrade rbd"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        with self._transaction() as db:
+            for script in MIGRATIONS[version:]:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            # PRAGMA takes no parameters; the value is our own integer.
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    # Builds -----------------------------------------------------------------
+
+    def begin_build(
+        self,
+        *,
+        project: str,
+        started_at: str,
+        trigger: list[str],
+        command: list[str],
+        config: str,
+    ) -> int:
+        with self._transaction() as db:
+            return _insert_build(db, project, started_at, trigger, command, config)
+
+    def set_process_group(self, build_id: int, pgid: int, pg_start: int | None) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE builds SET pgid = ?, pg_start = ? WHERE id = ?", (pgid, pg_start, build_id)
+            )
+
+    def finish_build(self, build_id: int, result: BuildResult) -> None:
+        with self._transaction() as db:
+            _write_result(db, build_id, result)
+
+    def record_build(
+        self,
+        *,
+        project: str,
+        started_at: str,
+        trigger: list[str],
+        command: list[str],
+        config: str,
+        result: BuildResult,
+    ) -> int:
+        """A finished build in one go: one the store could not take while it ran."""
+        with self._transaction() as db:
+            build_id = _insert_build(db, project, started_at, trigger, command, config)
+            _write_result(db, build_id, result)
+            return build_id
+
+    def running_builds(self) -> list[tuple[int, int | None, int | None]]:
+        """Builds begun and never finished: (id, pgid, pg_start) of each."""
+        rows = self._db.execute(
+            "SELECT id, pgid, pg_start FROM builds WHERE outcome IS NULL ORDER BY id"
+        ).fetchall()
+        return [(row["id"], row["pgid"], row["pg_start"]) for row in rows]
+
+    def mark_interrupted(self, build_id: int) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE builds SET outcome = 'interrupted', pgid = NULL, pg_start = NULL"
+                " WHERE id = ? AND outcome IS NULL",
+                (build_id,),
+            )
+
+    def history(self, project: str | None, limit: int) -> list[dict[str, Any]]:
+        where = "outcome IS NOT NULL" + (" AND project = ?" if project else "")
+        params: tuple[Any, ...] = (project, limit) if project else (limit,)
+        rows = self._db.execute(
+            f"SELECT {_SUMMARY_COLUMNS} FROM builds WHERE {where} ORDER BY id DESC LIMIT ?",
+            params,
+        ).fetchall()
+        return [_summary(row) for row in rows]
+
+    def last_build(self, project: str) -> dict[str, Any] | None:
+        builds = self.history(project, 1)
+        return builds[0] if builds else None
+
+    def build(self, build_id: int) -> dict[str, Any] | None:
+        row = self._db.execute(
+            f"SELECT {_SUMMARY_COLUMNS}, first_error, diagnostics FROM builds"
+            " WHERE id = ? AND outcome IS NOT NULL",
+            (build_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        detail = _summary(row)
+        detail["first_error"] = row["first_error"]
+        detail["diagnostics"] = row["diagnostics"] or ""
+        units = self._db.execute(
+            f"SELECT {', '.join(UNIT_COLUMNS)} FROM units WHERE build_id = ?"
+            " ORDER BY total_s IS NULL, total_s DESC, seq",
+            (build_id,),
+        ).fetchall()
+        detail["units"] = [
+            UnitRecord(**{**dict(u), "critical_path": bool(u["critical_path"])}).to_json()
+            for u in units
+        ]
+        return detail
+
+    def units_of(self, build_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+        """The recorded units of each build (for the suggestion rules)."""
+        found: dict[int, list[dict[str, Any]]] = {i: [] for i in build_ids}
+        for i in build_ids:
+            rows = self._db.execute(
+                f"SELECT {', '.join(UNIT_COLUMNS)} FROM units WHERE build_id = ? ORDER BY seq",
+                (i,),
+            ).fetchall()
+            found[i] = [
+                UnitRecord(**{**dict(u), "critical_path": bool(u["critical_path"])}).to_json()
+                for u in rows
+            ]
+        return found
+
+    # Tuning ------------------------------------------------------------------
+
+    def record_tune(
+        self, project: str, suggestions: list[str], files: list[tuple[str, bytes | None, bytes]]
+    ) -> int:
+        """Record an applied tune: (path, content before or None if new, content after)."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO tunes (project, applied_at, suggestions) VALUES (?, ?, ?)",
+                (project, now_iso(), json.dumps(suggestions)),
+            )
+            assert cursor.lastrowid is not None
+            db.executemany(
+                "INSERT INTO tune_files (tune_id, seq, path, before, after) VALUES (?, ?, ?, ?, ?)",
+                [(cursor.lastrowid, seq, *f) for seq, f in enumerate(files)],
+            )
+            return cursor.lastrowid
+
+    def tune(self, project: str, tune_id: int | None) -> dict[str, Any] | None:
+        """One tune of the project (the latest not reverted when tune_id is None)."""
+        if tune_id is None:
+            row = self._db.execute(
+                "SELECT * FROM tunes WHERE project = ? AND reverted_at IS NULL"
+                " ORDER BY id DESC LIMIT 1",
+                (project,),
+            ).fetchone()
+        else:
+            row = self._db.execute(
+                "SELECT * FROM tunes WHERE project = ? AND id = ?", (project, tune_id)
+            ).fetchone()
+        if row is None:
+            return None
+        files = self._db.execute(
+            "SELECT path, before, after FROM tune_files WHERE tune_id = ? ORDER BY seq",
+            (row["id"],),
+        ).fetchall()
+        return {
+            "id": row["id"],
+            "applied_at": row["applied_at"],
+            "suggestions": json.loads(row["suggestions"]),
+            "reverted_at": row["reverted_at"],
+            "files": [(f["path"], f["before"], f["after"]) for f in files],
+        }
+
+    def mark_reverted(self, tune_id: int) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE tunes SET reverted_at = ? WHERE id = ?", (now_iso(), tune_id))
+
+    # Benches -----------------------------------------------------------------
+
+    def record_bench(self, project: str, report: dict[str, Any]) -> int:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO benches (project, finished_at, report) VALUES (?, ?, ?)",
+                (project, now_iso(), json.dumps(report)),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def latest_bench(self, project: str) -> dict[str, Any] | None:
+        row = self._db.execute(
+            "SELECT id, report FROM benches WHERE project = ? ORDER BY id DESC LIMIT 1",
+            (project,),
+        ).fetchone()
+        return None if row is None else {**json.loads(row["report"]), "id": row["id"]}
+
+    def recent_triggers(self, project: str, limit: int) -> list[list[str]]:
+        """The changed paths of the project's latest builds (what its developer edits)."""
+        rows = self._db.execute(
+            "SELECT trigger FROM builds WHERE project = ? ORDER BY id DESC LIMIT ?",
+            (project, limit),
+        ).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    def known_projects(self) -> list[str]:
+        rows = self._db.execute("SELECT DISTINCT project FROM builds").fetchall()
+        return [row[0] for row in rows]
+
+    # Watched projects --------------------------------------------------------
+
+    def save_project(self, root: str, env: dict[str, str], overrides: dict[str, Any]) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO projects (root, env, overrides, added_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (root) DO UPDATE SET env = excluded.env,"
+                " overrides = excluded.overrides",
+                (root, json.dumps(env), json.dumps(overrides), now_iso()),
+            )
+
+    def remove_project(self, root: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM projects WHERE root = ?", (root,))
+
+    def watched_projects(self) -> list[tuple[str, dict[str, str], dict[str, Any]]]:
+        rows = self._db.execute("SELECT root, env, overrides FROM projects ORDER BY added_at")
+        return [(r["root"], json.loads(r["env"]), json.loads(r["overrides"])) for r in rows]
+
+
+def _insert_build(
+    db: sqlite3.Connection,
+    project: str,
+    started_at: str,
+    trigger: list[str],
+    command: list[str],
+    config: str,
+) -> int:
+    cursor = db.execute(
+        "INSERT INTO builds (project, started_at, trigger, command, config) VALUES (?, ?, ?, ?, ?)",
+        (project, started_at, json.dumps(trigger), json.dumps(command), config),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def _write_result(db: sqlite3.Connection, build_id: int, result: BuildResult) -> None:
+    phases = [result.phases.get(key) for key in PHASE_KEYS]
+    db.execute(
+        "UPDATE builds SET outcome = ?, wall_s = ?, settle_s = ?, errors = ?, warnings = ?,"
+        " units_rebuilt = ?, units_fresh = ?, linker = ?, rustc_wrapper = ?,"
+        " first_error = ?, diagnostics = ?, pgid = NULL, pg_start = NULL, "
+        + ", ".join(f"{key} = ?" for key in PHASE_KEYS)
+        + " WHERE id = ?",
+        (
+            result.outcome,
+            result.wall_s,
+            result.settle_s,
+            result.errors,
+            result.warnings,
+            result.units_rebuilt,
+            result.units_fresh,
+            result.linker,
+            result.rustc_wrapper,
+            result.first_error,
+            result.diagnostics[:MAX_DIAGNOSTICS_CHARS],
+            *phases,
+            build_id,
+        ),
+    )
+    db.executemany(
+        f"INSERT INTO units (build_id, seq, {', '.join(UNIT_COLUMNS)})"
+        f" VALUES (?, ?, {', '.join('?' for _ in UNIT_COLUMNS)})",
+        [
+            (build_id, seq, *(getattr(u, column) for column in UNIT_COLUMNS))
+            for seq, u in enumerate(result.units)
+        ],
+    )
+
+
+def _summary(row: sqlite3.Row) -> dict[str, Any]:
+    return summary(
+        build_id=row["id"],
+        project=row["project"],
+        started_at=row["started_at"],
+        trigger=json.loads(row["trigger"]),
+        command=json.loads(row["command"]),
+        config=row["config"],
+        outcome=row["outcome"],
+        wall_s=row["wall_s"],
+        settle_s=row["settle_s"],
+        errors=row["errors"],
+        warnings=row["warnings"],
+        units_rebuilt=row["units_rebuilt"],
+        units_fresh=row["units_fresh"],
+        linker=row["linker"],
+        phases={key: row[key] for key in PHASE_KEYS},
+        rustc_wrapper=row["rustc_wrapper"],
+    )

@@ -1,0 +1,271 @@
+"""Watches one project's planned directories and reports changes worth a build.
+
+Two watchfiles watchers run side by side: one flat (directories with excluded
+children), one recursive (clean subtrees). Raw events are sorted out in a
+worker thread (digests read files) and only real content changes of
+trigger files reach the callback, as paths relative to the project root.
+Where inotify fails (its watch limit exhausted), the same directories are
+polled instead, and the project's status says why.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import structlog
+from watchfiles import Change, awatch
+
+from rbd.daemon.projects.workspace import Workspace
+from rbd.daemon.watch.ignore import ALWAYS_IGNORED_DIRS
+from rbd.daemon.watch.plan import WatchPlan
+
+# watchfiles hands over a batch once no new event came for this long; its
+# default (50 ms) alone would spend the whole save-to-build budget.
+WATCH_STEP_MS = 5
+# When the watches of a new plan are surely in place.
+RECHECK_AFTER_S = 0.2
+# How often a polled project (inotify unavailable) is looked at.
+POLL_S = 0.5
+# How often a vanished project directory is looked for again.
+GONE_POLL_S = 1.0
+# A burst that never pauses still gets handed over this often; the
+# scheduler's settle timer is what waits for it to end.
+WATCH_DEBOUNCE_MS = 400
+
+log = structlog.get_logger("watcher")
+
+ChangeCallback = Callable[[list[str]], None]
+
+
+class Watcher:
+    def __init__(
+        self,
+        workspace: Workspace,
+        on_change: ChangeCallback,
+        on_problem: Callable[[str | None], None] = lambda _: None,
+    ) -> None:
+        self.workspace = workspace
+        self.plan: WatchPlan | None = None
+        self._on_change = on_change
+        self._on_problem = on_problem
+        self._replan = anyio.Event()
+        self._force_polling = False
+        self._closed = False
+        self.gone = False
+        self._stop = anyio.Event()
+        self.ready = anyio.Event()
+
+    def replan(self, workspace: Workspace | None = None) -> None:
+        if workspace is not None:
+            self.workspace = workspace
+        self._replan.set()
+
+    def close(self) -> None:
+        """Stop watching. watchfiles waits for events in a thread that a
+        cancellation cannot interrupt; the stop event is what ends it promptly."""
+        self._closed = True
+        self._stop.set()
+        self._replan.set()
+
+    @property
+    def polling(self) -> bool:
+        return self._force_polling
+
+    @property
+    def watch_count(self) -> int:
+        return 0 if self.plan is None else len(self.plan.flat) + len(self.plan.recursive)
+
+    async def run(self) -> None:
+        while not self._closed:
+            self._replan = anyio.Event()
+            if not self.workspace.root.is_dir():
+                await self._wait_for_root()
+                continue
+            plan = await anyio.to_thread.run_sync(WatchPlan.build, self.workspace)
+            previous, self.plan = self.plan, plan
+            if previous is not None:
+                # Whatever changed while no watch was in place (files written
+                # into a directory before its watch existed) is a change too.
+                missed = await anyio.to_thread.run_sync(_missed, previous, plan)
+                if missed:
+                    self._report(missed)
+            log.info(
+                "watch_planned",
+                root=str(self.workspace.root),
+                flat=len(plan.flat),
+                recursive=len(plan.recursive),
+                files=len(plan.digests),
+                polling=self._force_polling,
+            )
+            self._stop = stop = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch, plan, plan.flat, False, stop)
+                tg.start_soon(self._watch, plan, plan.recursive, True, stop)
+                tg.start_soon(self._recheck, plan)
+                self.ready.set()
+                # inotify says nothing when the watched root itself is renamed
+                # away: a stat now and then notices.
+                while not self._replan.is_set() and self.workspace.root.is_dir():
+                    with anyio.move_on_after(GONE_POLL_S):
+                        await self._replan.wait()
+                stop.set()
+                tg.cancel_scope.cancel()
+
+    async def _recheck(self, plan: WatchPlan) -> None:
+        # watchfiles gives no sign of when its watches are in place: a file
+        # written between the planning walk and then would go unseen. One
+        # more walk once they surely are catches it.
+        await anyio.sleep(RECHECK_AFTER_S)
+        fresh = await anyio.to_thread.run_sync(WatchPlan.build, self.workspace)
+        differing = [
+            path
+            for path in {*fresh.digests, *plan.digests}
+            if fresh.digests.get(path) != plan.digests.get(path)
+        ]
+        if differing:
+            await self._handle(plan, [(Change.modified, str(path)) for path in differing])
+
+    async def _wait_for_root(self) -> None:
+        # Deleted or renamed while watched: say so, keep no watches, and pick
+        # up again if it comes back (a branch switch, a restore).
+        self.gone = True
+        self._on_problem(f"{self.workspace.root} no longer exists; rbd resumes if it comes back")
+        log.warning("project_gone", root=str(self.workspace.root))
+        while not self._closed and not self.workspace.root.is_dir():
+            with anyio.move_on_after(GONE_POLL_S):
+                await self._replan.wait()
+        self.gone = False
+        self._on_problem(None)
+
+    async def _watch(
+        self, plan: WatchPlan, paths: list[Path], recursive: bool, stop: anyio.Event
+    ) -> None:
+        if not paths:
+            return
+        if self._force_polling:
+            await self._poll(plan, paths, recursive, stop)
+            return
+        try:
+            async for changes in awatch(
+                *paths,
+                watch_filter=None,
+                step=WATCH_STEP_MS,
+                debounce=WATCH_DEBOUNCE_MS,
+                stop_event=stop,
+                recursive=recursive,
+                force_polling=self._force_polling,
+                # True would also swallow an exhausted inotify limit: silence.
+                # The plan leaves out directories it cannot read.
+                ignore_permission_denied=False,
+            ):
+                await self._handle(plan, changes)
+        except FileNotFoundError:
+            # A watched directory vanished between planning and watching.
+            self._replan.set()
+        except PermissionError:
+            # Made unreadable since the plan, which the next plan leaves out;
+            # the pause keeps a directory that stays so from spinning us.
+            await anyio.sleep(GONE_POLL_S)
+            self._replan.set()
+        except OSError as exc:
+            if self._force_polling:
+                raise
+            if "limit" in str(exc) or exc.errno == errno.ENOSPC:
+                message = (
+                    "the inotify watch limit (fs.inotify.max_user_watches) is exhausted; rbd "
+                    "polls this project instead, which notices saves later. Raise the limit "
+                    "(sudo sysctl fs.inotify.max_user_watches=524288), then `rbd stop` and "
+                    "`rbd start`"
+                )
+            else:
+                message = f"file watching failed ({exc}); rbd polls this project instead"
+            log.error("watch_failed", error=str(exc), fallback="polling")
+            self._on_problem(message)
+            self._force_polling = True
+            self._replan.set()
+
+    async def _poll(
+        self, plan: WatchPlan, paths: list[Path], recursive: bool, stop: anyio.Event
+    ) -> None:
+        # Not watchfiles' poller: it compares mtimes in whole seconds, so two
+        # saves of the same size within a second look like one.
+        seen = await anyio.to_thread.run_sync(_stat_below, paths, recursive)
+        while not stop.is_set():
+            with anyio.move_on_after(POLL_S):
+                await stop.wait()
+            now = await anyio.to_thread.run_sync(_stat_below, paths, recursive)
+            changed = [path for path in seen.keys() | now.keys() if seen.get(path) != now.get(path)]
+            seen = now
+            if changed and not stop.is_set():
+                await self._handle(plan, [(Change.modified, str(path)) for path in changed])
+
+    async def _handle(self, plan: WatchPlan, changes: Iterable[tuple[Change, str]]) -> None:
+        paths = sorted({Path(path) for _, path in changes})
+        changed, replan = await anyio.to_thread.run_sync(_sort_out, plan, paths)
+        if changed:
+            self._report(changed)
+        if replan:
+            self._replan.set()
+
+    def _report(self, changed: list[Path]) -> None:
+        root = self.workspace.root
+        self._on_change(
+            [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in changed]
+        )
+
+
+def _sort_out(plan: WatchPlan, paths: list[Path]) -> tuple[list[Path], bool]:
+    # New ignore rules apply to the files of the same batch.
+    for path in paths:
+        plan.reload_rules(path)
+    changed = [path for path in paths if plan.changed(path)]
+    for path in paths:
+        if path.is_dir():
+            # Files written into a new directory before its watch was added
+            # produced no event of their own.
+            changed.extend(file for file in _files_below(path) if plan.changed(file))
+    replan = any(plan.needs_replan(path) for path in paths)
+    return changed, replan
+
+
+def _stat_below(paths: list[Path], recursive: bool) -> dict[Path, tuple[int, int]]:
+    """(mtime in ns, size) of each file in paths (and below, if recursive); a
+    directory's entry only marks that it exists."""
+    found: dict[Path, tuple[int, int]] = {}
+    pending = list(paths)
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    found[Path(entry.path)] = (0, -1)
+                    if recursive:
+                        pending.append(Path(entry.path))
+                else:
+                    stat = entry.stat(follow_symlinks=False)
+                    found[Path(entry.path)] = (stat.st_mtime_ns, stat.st_size)
+            except OSError:
+                continue
+    return found
+
+
+def _missed(before: WatchPlan, after: WatchPlan) -> list[Path]:
+    changed = [path for path, found in after.digests.items() if before.digests.get(path) != found]
+    gone = [path for path in before.digests if path not in after.digests and not path.exists()]
+    return sorted(changed + gone)
+
+
+def _files_below(directory: Path) -> list[Path]:
+    found: list[Path] = []
+    for parent, dirs, files in os.walk(directory):
+        dirs[:] = [d for d in dirs if d not in ALWAYS_IGNORED_DIRS]
+        found.extend(Path(parent, name) for name in files)
+    return found
