@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rbd.daemon.bench import source as benchsource
+from rbd.daemon.bench import source
 from rbd.daemon.errors import ConfigError
 from tests.conftest import make_crate
 
@@ -40,7 +40,7 @@ fn greet<'a>(name: &'a str) -> String {
 
 
 def test_plan_edit_picks_a_plain_literal_inside_a_function() -> None:
-    edit = benchsource.plan_edit(TRICKY)
+    edit = source.plan_edit(TRICKY)
     assert edit.kind == "string"
     edited = edit.apply(TRICKY, 7)
     assert 'format!("hello {name} [rbd bench 000007]")' in edited
@@ -58,27 +58,27 @@ def test_literals_that_are_paths_abis_or_attributes_are_never_edited() -> None:
         'const B: &str = r"raw";\nconst C: char = \'"\';\n'
         "// only a comment here\n"
     )
-    edit = benchsource.plan_edit(text)
+    edit = source.plan_edit(text)
     assert edit.kind == "comment"
     assert "// only a comment here [rbd bench 000001]\n" in edit.apply(text, 1)
 
 
 def test_a_file_without_literal_or_comment_gets_a_comment_appended() -> None:
     text = "fn main() {}"
-    edit = benchsource.plan_edit(text)
+    edit = source.plan_edit(text)
     assert edit.kind == "appended comment"
     assert edit.apply(text, 3) == "fn main() {}\n// rbd bench 000003\n"
 
 
 def test_comment_only_fallback_skips_string_literals() -> None:
-    edit = benchsource.plan_edit(TRICKY, comment_only=True)
+    edit = source.plan_edit(TRICKY, comment_only=True)
     assert edit.kind == "comment"
     assert '//! Crate docs with a "quoted" word. [rbd bench 000002]' in edit.apply(TRICKY, 2)
 
 
 def test_top_level_literal_is_used_when_no_function_has_one() -> None:
     text = 'const GREETING: &str = "hi";\nfn main() { let _ = GREETING; }\n'
-    edit = benchsource.plan_edit(text)
+    edit = source.plan_edit(text)
     assert edit.apply(text, 1).startswith('const GREETING: &str = "hi [rbd bench 000001]";')
 
 
@@ -113,7 +113,7 @@ def test_copy_skips_vcs_and_target_dirs_and_points_outside_path_deps_at_their_pl
     target = root / "target"
     (target / "debug").mkdir(parents=True)
     copy = target / "rbd" / "bench" / "src"
-    files = benchsource.copy_workspace(root, target, copy)
+    files = source.copy_workspace(root, target, copy)
     assert files > 0
     assert not (copy / ".git").exists()
     assert not (copy / "old-target").exists()
@@ -140,42 +140,42 @@ def test_copy_skips_vcs_and_target_dirs_and_points_outside_path_deps_at_their_pl
 def test_copy_outside_the_root_takes_the_cargo_config_along(tmp_path: Path) -> None:
     root = make_crate(tmp_path / "app", files={".cargo/config.toml": "[build]\njobs = 1\n"})
     copy = tmp_path / "elsewhere" / "src"
-    benchsource.copy_workspace(root, tmp_path / "elsewhere", copy)
+    source.copy_workspace(root, tmp_path / "elsewhere", copy)
     assert (copy / ".cargo" / "config.toml").read_text() == "[build]\njobs = 1\n"
 
 
 def test_a_second_copy_replaces_the_first(tmp_path: Path) -> None:
     root = make_crate(tmp_path / "app")
     copy = root / "target" / "rbd" / "bench" / "src"
-    benchsource.copy_workspace(root, root / "target", copy)
+    source.copy_workspace(root, root / "target", copy)
     (copy / "src" / "stale.rs").write_text("")
-    benchsource.copy_workspace(root, root / "target", copy)
+    source.copy_workspace(root, root / "target", copy)
     assert not (copy / "src" / "stale.rs").exists()
 
 
 def test_edit_target_prefers_the_most_edited_file_then_main_then_lib(tmp_path: Path) -> None:
     root = make_crate(tmp_path / "app", files={"src/lib.rs": "", "src/util.rs": ""})
     triggers = [["src/util.rs"], ["src/util.rs", "Cargo.toml"], ["src/gone.rs"] * 3]
-    assert benchsource.edit_target(root, [root], triggers, None) == Path("src/util.rs")
-    assert benchsource.edit_target(root, [root], [], None) == Path("src/main.rs")
+    assert source.edit_target(root, [root], triggers, None) == Path("src/util.rs")
+    assert source.edit_target(root, [root], [], None) == Path("src/main.rs")
     os.remove(root / "src" / "main.rs")
-    assert benchsource.edit_target(root, [root], [], None) == Path("src/lib.rs")
+    assert source.edit_target(root, [root], [], None) == Path("src/lib.rs")
 
 
 def test_edit_target_refuses_files_outside_the_project_or_not_rust(tmp_path: Path) -> None:
     root = make_crate(tmp_path / "app")
     (tmp_path / "elsewhere.rs").write_text("")
     with pytest.raises(ConfigError, match="not inside the project"):
-        benchsource.edit_target(root, [root], [], str(tmp_path / "elsewhere.rs"))
+        source.edit_target(root, [root], [], str(tmp_path / "elsewhere.rs"))
     with pytest.raises(ConfigError, match="not a Rust source"):
-        benchsource.edit_target(root, [root], [], "Cargo.toml")
+        source.edit_target(root, [root], [], "Cargo.toml")
     with pytest.raises(ConfigError, match="not a Rust source"):
-        benchsource.edit_target(root, [root], [], "src/missing.rs")
-    assert benchsource.edit_target(root, [root], [], "src/main.rs") == Path("src/main.rs")
+        source.edit_target(root, [root], [], "src/missing.rs")
+    assert source.edit_target(root, [root], [], "src/main.rs") == Path("src/main.rs")
 
 
 def test_broken_manifest_is_copied_as_it_is(tmp_path: Path) -> None:
     root = make_crate(tmp_path / "app", files={"Cargo.toml": "[package\n"})
     copy = tmp_path / "copy"
-    benchsource.copy_workspace(root, root / "target", copy)
+    source.copy_workspace(root, root / "target", copy)
     assert (copy / "Cargo.toml").read_text() == "[package\n"

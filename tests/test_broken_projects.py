@@ -147,8 +147,9 @@ def workspace(root: Path, members: list[str], existing: list[str]) -> Path:
 
 
 def test_start_on_a_manifest_with_a_syntax_error(rbd: Rbd, crate: Path) -> None:
-    # `rbd start` accepts it (the daemon watches the project and records cargo's error,
-    # so that saving the fix rebuilds: see rbd.daemon.projects.settings) with the error as one note line.
+    # `rbd start` accepts it (the daemon watches the project and records cargo's error, so
+    # that saving the fix rebuilds: see daemon/projects/settings.py) with the error as one
+    # note line.
     manifest = crate / "Cargo.toml"
     good = manifest.read_text()
     manifest.write_text(good + BROKEN_TABLE)

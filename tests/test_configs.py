@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rbd.daemon.build import configurations as configs
+from rbd.daemon.build import configurations
 from rbd.daemon.build.linker import identify
 from rbd.daemon.errors import ConfigError, Unavailable
 from rbd.daemon.projects.settings import ProjectConfig
@@ -53,11 +53,11 @@ def run(argv: list[str], crate: Path, env: dict[str, str]) -> subprocess.Complet
     return done
 
 
-def resolve(name: str, crate: Path, env: dict[str, str], host: str) -> configs.BuildConfig:
-    return configs.resolve(name, crate, crate / "target", env, host, None)
+def resolve(name: str, crate: Path, env: dict[str, str], host: str) -> configurations.BuildConfig:
+    return configurations.resolve(name, crate, crate / "target", env, host, None)
 
 
-def build(config: configs.BuildConfig, crate: Path, env: dict[str, str]) -> str:
+def build(config: configurations.BuildConfig, crate: Path, env: dict[str, str]) -> str:
     """Builds with the command the daemon would run; cargo's -v output."""
     assert config.available, config.reason
     argv = config.argv(ProjectConfig().argv())
@@ -181,17 +181,19 @@ def test_rustflags_it_cannot_place(tmp_path: Path, host: str) -> None:
 
 def test_rustflags_env_shapes(tmp_path: Path) -> None:
     host = "x86_64-unknown-linux-gnu"
-    ours = configs.linker_flags("mold", host)
+    ours = configurations.linker_flags("mold", host)
     assert ours == ["-Clinker-features=-lld", "-Clink-arg=-fuse-ld=mold"]
-    assert configs.linker_flags("mold", "aarch64-unknown-linux-gnu") == ["-Clink-arg=-fuse-ld=mold"]
+    assert configurations.linker_flags("mold", "aarch64-unknown-linux-gnu") == [
+        "-Clink-arg=-fuse-ld=mold"
+    ]
     crate = make_crate(tmp_path / "demo")
-    got, _ = configs.rustflags_env(ours, crate, {"RUSTFLAGS": " -Ca  -Cb "}, host)
+    got, _ = configurations.rustflags_env(ours, crate, {"RUSTFLAGS": " -Ca  -Cb "}, host)
     assert got == {"CARGO_ENCODED_RUSTFLAGS": "-Ca\x1f-Cb\x1f" + "\x1f".join(ours)}
     # Set but empty means no flags, and still wins over the config files.
-    got, _ = configs.rustflags_env(ours, crate, {"CARGO_ENCODED_RUSTFLAGS": ""}, host)
+    got, _ = configurations.rustflags_env(ours, crate, {"CARGO_ENCODED_RUSTFLAGS": ""}, host)
     assert got == {"CARGO_ENCODED_RUSTFLAGS": "\x1f".join(ours)}
     key = "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS"
-    got, _ = configs.rustflags_env(ours, crate, {key: "-Cuser"}, host)
+    got, _ = configurations.rustflags_env(ours, crate, {key: "-Cuser"}, host)
     assert got == {key: "-Cuser " + " ".join(ours)}
 
 
@@ -225,7 +227,7 @@ def test_unavailable_linkers(tmp_path: Path, host: str) -> None:
 def test_cranelift_without_nightly(tmp_path: Path, host: str) -> None:
     config = resolve("cranelift", tmp_path, clean_env(), host)
     assert not config.available
-    assert config.reason == configs.CRANELIFT_HINT
+    assert config.reason == configurations.CRANELIFT_HINT
     assert "rustup component add rustc-codegen-cranelift-preview --toolchain nightly" in (
         config.reason
     )
@@ -233,7 +235,7 @@ def test_cranelift_without_nightly(tmp_path: Path, host: str) -> None:
 
 def test_cranelift_command(tmp_path: Path, host: str) -> None:
     target = tmp_path / "target"
-    config = configs.resolve(
+    config = configurations.resolve(
         "line-tables-only+cranelift", tmp_path, target, clean_env(), host, "nightly"
     )
     assert config.available and config.reason is None
@@ -273,7 +275,7 @@ def _has_nightly() -> bool:
 def test_nightly_cargo_accepts_the_cranelift_profile(tmp_path: Path, host: str) -> None:
     crate = make_crate(tmp_path / "demo")
     env = clean_env()
-    config = configs.resolve("cranelift", crate, crate / "target", env, host, "nightly")
+    config = configurations.resolve("cranelift", crate, crate / "target", env, host, "nightly")
     done = subprocess.run(
         config.argv(["cargo", "build", "-v"]),
         cwd=crate,
@@ -331,7 +333,7 @@ def test_bad_names(tmp_path: Path, host: str, name: str, message: str) -> None:
 
 
 def test_names() -> None:
-    assert configs.NAMES == (
+    assert configurations.NAMES == (
         "default",
         "mold",
         "lld",

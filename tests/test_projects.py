@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
+from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from rbd.contract import protocol
 from tests.conftest import (
-    SLOW_MAIN,
+    WAIT_S,
     Events,
     Rbd,
     make_crate,
@@ -160,6 +164,57 @@ def test_build_waits_while_git_holds_its_index_lock(rbd: Rbd, crate: Path) -> No
     assert events.finished()["trigger"] == ["src/main.rs"]
 
 
+def state(name: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: e.get("event") == protocol.PROJECT_STATE and e.get("state") == name
+
+
+def test_every_state_change_is_published(rbd: Rbd, tmp_path: Path) -> None:
+    crate = make_crate(tmp_path / "demo")
+    (crate / ".git").mkdir()
+    events = started(rbd, crate)
+    events.wait_for(state("building"))
+    first = events.finished()
+    events.wait_for(state("idle"))
+    lock = crate / ".git" / "index.lock"
+    lock.write_text("")
+    edit(crate / "src" / "main.rs", main_rs("mid-checkout"))
+    events.wait_for(state("settling"))
+    events.wait_for(state("waiting"))
+    # The event says what `rbd status` says: git holds the lock, so the state stays.
+    assert rbd.request(protocol.STATUS, path=str(crate))["projects"][0]["state"] == "waiting"
+    lock.unlink()
+    events.wait_for(state("building"))
+    second = events.finished()
+    assert second["id"] == first["id"] + 1 and second["trigger"] == ["src/main.rs"]
+    events.wait_for(state("idle"))
+    shutil.rmtree(crate)
+    events.wait_for(state("gone"))
+
+    published = [e for e in events.seen if e.get("event") == protocol.PROJECT_STATE]
+    states = [e["state"] for e in published]
+    assert all(e["project"] == str(crate) for e in published)
+    assert set(states) <= set(protocol.STATES)
+    # Changes only: no state is published twice in a row.
+    assert all(a != b for a, b in pairwise(states)), states
+    # A build runs in state `building`: published before the build starts, and no other
+    # state until it has finished.
+    seen = events.seen
+    for build in (first, second):
+        start = next(
+            i
+            for i, e in enumerate(seen)
+            if e.get("event") == protocol.BUILD_STARTED and e["build_id"] == build["id"]
+        )
+        end = next(
+            i
+            for i, e in enumerate(seen)
+            if e.get("event") == protocol.BUILD_FINISHED and e["build"]["id"] == build["id"]
+        )
+        before = [e["state"] for e in seen[:start] if e.get("event") == protocol.PROJECT_STATE]
+        assert before[-1] == "building", before
+        assert not any(e.get("event") == protocol.PROJECT_STATE for e in seen[start:end])
+
+
 def drain(events: Events) -> list[dict[str, Any]]:
     out = []
     while not events.queue.empty():
@@ -169,8 +224,6 @@ def drain(events: Events) -> list[dict[str, Any]]:
 
 
 def wait_for_state(rbd: Rbd, crate: Path, state: str) -> None:
-    import time
-
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         projects = rbd.request(protocol.STATUS, path=str(crate))["projects"]
@@ -201,19 +254,57 @@ def test_compile_error_is_recorded_and_daemon_survives(rbd: Rbd, crate: Path) ->
     assert status["projects"][0]["last_build"]["outcome"] == "success"
 
 
+def held_build_rs(release: Path) -> str:
+    """A build script that runs until release exists: the build it is part of cannot end
+    on its own before the test lets it, however fast or loaded the machine."""
+    return (
+        "fn main() {\n"
+        '    println!("cargo:rerun-if-changed=build.rs");\n'
+        f"    while !std::path::Path::new({json.dumps(str(release))}).exists() {{\n"
+        "        std::thread::sleep(std::time::Duration::from_millis(10));\n"
+        "    }\n"
+        "}\n"
+    )
+
+
+def processes_under(path: Path, program: str) -> list[int]:
+    """Live processes running program (by its file name) from below path."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv0 = f.read().split(b"\0")[0]
+            with open(f"/proc/{name}/stat", "rb") as f:
+                zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+        except (OSError, IndexError):
+            continue
+        if not zombie and argv0.startswith(str(path).encode()) and argv0.endswith(program.encode()):
+            found.append(int(name))
+    return found
+
+
 def test_change_during_build_cancels_it_and_kills_every_process(rbd: Rbd, tmp_path: Path) -> None:
-    crate = make_crate(tmp_path / "slow", "slow", {"src/main.rs": SLOW_MAIN})
+    release = tmp_path / "release"  # outside the project: creating it is no change
+    crate = make_crate(tmp_path / "held", "held", {"build.rs": held_build_rs(release)})
     events = started(rbd, crate)
     first = events.started()
-    rustc = wait_for_rustc(crate)
-    pgid = os.getpgid(rustc[0])
+    deadline = time.monotonic() + WAIT_S
+    while not (script := processes_under(crate, "build-script-build")):
+        assert time.monotonic() < deadline, "the build script never ran"
+        time.sleep(0.02)
+    pgid = os.getpgid(script[0])
 
-    edit(crate / "src" / "main.rs", main_rs("fast again"))
+    # The build is held: only the cancel the edit causes can end it.
+    edit(crate / "src" / "main.rs", main_rs("edited mid-build"))
     cancelled = events.finished()
     assert cancelled["id"] == first["build_id"]
     assert cancelled["outcome"] == "cancelled"
+    # Nothing of the build outlives its build_finished.
     assert processes_in_group(pgid) == []
-    assert all(wait_gone(pid, 5) for pid in rustc)
+    assert all(wait_gone(pid, 5) for pid in script)
+    release.touch()
     rebuilt = events.finished()
     assert rebuilt["outcome"] == "success"
     assert rebuilt["trigger"] == ["src/main.rs"]
@@ -222,8 +313,6 @@ def test_change_during_build_cancels_it_and_kills_every_process(rbd: Rbd, tmp_pa
 
 
 def wait_for_rustc(crate: Path) -> list[int]:
-    import time
-
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         found = rustc_processes_under(crate)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from rbd.daemon.advice import rules as suggest
+from rbd.daemon.advice import rules
 
 HOST = "x86_64-unknown-linux-gnu"
 
@@ -69,23 +69,23 @@ def build(
     }
 
 
-def ids(ctx: suggest.Context) -> list[str]:
-    return [s["id"] for s in suggest.suggest(ctx)[0]]
+def ids(ctx: rules.Context) -> list[str]:
+    return [s["id"] for s in rules.suggest(ctx)[0]]
 
 
-def only(ctx: suggest.Context, rule: str) -> dict[str, Any] | None:
-    return next((s for s in suggest.suggest(ctx)[0] if s["id"] == rule), None)
+def only(ctx: rules.Context, rule: str) -> dict[str, Any] | None:
+    return next((s for s in rules.suggest(ctx)[0] if s["id"] == rule), None)
 
 
 def test_no_builds_gives_a_hint_and_no_suggestions() -> None:
-    found, hint = suggest.suggest(suggest.Context(environment(), []))
+    found, hint = rules.suggest(rules.Context(environment(), []))
     assert found == []
     assert hint is not None and "Save a file" in hint
 
 
 def test_debuginfo_fires_on_full_debuginfo_after_three_rebuilds_with_numbers() -> None:
     builds = [build(i, 1.2, link=0.4, codegen=0.3, compile_s=0.6) for i in (3, 2, 1)]
-    item = only(suggest.Context(environment(), builds), "debuginfo-line-tables")
+    item = only(rules.Context(environment(), builds), "debuginfo-line-tables")
     assert item is not None
     assert "0.70 s" in item["evidence"] and "1.20 s" in item["evidence"]
     assert item["expected"] == {
@@ -97,23 +97,23 @@ def test_debuginfo_fires_on_full_debuginfo_after_three_rebuilds_with_numbers() -
     keys = [entry["key"] for entry in item["change"]["set"]]
     assert ["profile", "dev", "debug"] in keys and ["profile", "debugging", "inherits"] in keys
     # Two rebuilds are not enough, and line tables already set means nothing to say.
-    assert only(suggest.Context(environment(), builds[:2]), "debuginfo-line-tables") is None
+    assert only(rules.Context(environment(), builds[:2]), "debuginfo-line-tables") is None
     lean = environment(debug="line-tables-only")
-    assert only(suggest.Context(lean, builds), "debuginfo-line-tables") is None
+    assert only(rules.Context(lean, builds), "debuginfo-line-tables") is None
 
 
 def test_start_builds_and_failures_are_not_incremental_evidence() -> None:
     builds = [build(1, trigger=()), build(2, outcome="failure"), build(3)]
-    ctx = suggest.Context(environment(), builds)
+    ctx = rules.Context(environment(), builds)
     assert [b["id"] for b in ctx.incremental] == [3]
     assert "debuginfo-line-tables" not in ids(ctx)
 
 
 def test_linker_rules_fire_only_when_gnu_ld_links_and_link_matters() -> None:
     slow = [build(i, 1.0, link=0.5, linker="bfd") for i in range(1, 4)]
-    found = ids(suggest.Context(environment(), slow))
+    found = ids(rules.Context(environment(), slow))
     assert "linker-mold" in found and "linker-lld" in found
-    mold = only(suggest.Context(environment(), slow), "linker-mold")
+    mold = only(rules.Context(environment(), slow), "linker-mold")
     assert mold is not None
     assert mold["change"]["rustflags"] == {
         "key": ["target", HOST, "rustflags"],
@@ -122,31 +122,31 @@ def test_linker_rules_fire_only_when_gnu_ld_links_and_link_matters() -> None:
     assert "50%" in mold["evidence"] and "bfd" in mold["evidence"]
     # rust-lld already: mold measured no faster, so nothing is said.
     fast = [build(i, 1.0, link=0.5, linker="rust-lld") for i in range(1, 4)]
-    assert not {"linker-mold", "linker-lld"} & set(ids(suggest.Context(environment(), fast)))
+    assert not {"linker-mold", "linker-lld"} & set(ids(rules.Context(environment(), fast)))
     # A small link share is not worth it.
     small = [build(i, 1.0, link=0.05, linker="bfd") for i in range(1, 4)]
-    assert not {"linker-mold", "linker-lld"} & set(ids(suggest.Context(environment(), small)))
+    assert not {"linker-mold", "linker-lld"} & set(ids(rules.Context(environment(), small)))
     # Not installed: not suggested.
     bare = environment()
     bare["linkers"] = {"mold": None, "ld.lld": None}
-    assert not {"linker-mold", "linker-lld"} & set(ids(suggest.Context(bare, slow)))
+    assert not {"linker-mold", "linker-lld"} & set(ids(rules.Context(bare, slow)))
 
 
 def test_link_heavy_rebuilds_suggest_dependency_and_split_debuginfo() -> None:
     heavy = [build(i, 1.0, link=0.5) for i in range(1, 4)]
-    found = ids(suggest.Context(environment(), heavy))
+    found = ids(rules.Context(environment(), heavy))
     assert {"deps-no-debuginfo", "split-debuginfo"} <= set(found)
     done = environment(deps_debug=0, split_debuginfo="unpacked")
-    assert not {"deps-no-debuginfo", "split-debuginfo"} & set(ids(suggest.Context(done, heavy)))
+    assert not {"deps-no-debuginfo", "split-debuginfo"} & set(ids(rules.Context(done, heavy)))
     tiny = [build(i, 0.1, link=0.03) for i in range(1, 4)]  # 30%, but of nothing much
-    assert "deps-no-debuginfo" not in ids(suggest.Context(environment(), tiny))
+    assert "deps-no-debuginfo" not in ids(rules.Context(environment(), tiny))
     unmeasured = [build(i, 1.0, link=None) for i in range(1, 4)]
-    assert "deps-no-debuginfo" not in ids(suggest.Context(environment(), unmeasured))
+    assert "deps-no-debuginfo" not in ids(rules.Context(environment(), unmeasured))
 
 
 def test_cranelift_needs_a_codegen_heavy_rebuild_and_says_how_to_get_nightly() -> None:
     heavy = [build(i, 1.0, codegen=0.6, compile_s=0.7, link=0.1) for i in range(1, 4)]
-    item = only(suggest.Context(environment(), heavy), "cranelift")
+    item = only(rules.Context(environment(), heavy), "cranelift")
     assert item is not None and item["needs_nightly"] is True
     assert "rustup component add rustc-codegen-cranelift-preview" in item["evidence"]
     assert item["change"]["file"] == ".cargo/config.toml"
@@ -154,10 +154,10 @@ def test_cranelift_needs_a_codegen_heavy_rebuild_and_says_how_to_get_nightly() -
     assert ["profile", "dev", "codegen-backend"] not in keys  # stable builds keep working
     ready = environment()
     ready["nightly"] = {"toolchain": "nightly", "cranelift": True}
-    item = only(suggest.Context(ready, heavy), "cranelift")
+    item = only(rules.Context(ready, heavy), "cranelift")
     assert item is not None and "cargo +nightly build --profile cranelift" in item["evidence"]
     light = [build(i, 1.0, codegen=0.1, compile_s=0.3, link=0.1) for i in range(1, 4)]
-    assert only(suggest.Context(environment(), light), "cranelift") is None
+    assert only(rules.Context(environment(), light), "cranelift") is None
 
 
 def test_profile_settings_off_their_defaults() -> None:
@@ -165,7 +165,7 @@ def test_profile_settings_off_their_defaults() -> None:
     odd = environment(
         codegen_units=1, incremental=False, sources={"incremental": "/p/.cargo/config.toml"}
     )
-    found = {s["id"]: s for s in suggest.suggest(suggest.Context(odd, builds, root="/p"))[0]}
+    found = {s["id"]: s for s in rules.suggest(rules.Context(odd, builds, root="/p"))[0]}
     units_change = found["codegen-units-default"]["change"]
     assert units_change == {"file": "Cargo.toml", "remove": [["profile", "dev", "codegen-units"]]}
     assert found["incremental-on"]["change"]["file"] == ".cargo/config.toml"
@@ -175,7 +175,7 @@ def test_profile_settings_off_their_defaults() -> None:
         incremental=False,
         sources={"incremental": "CARGO_INCREMENTAL", "codegen_units": "/home/me/.cargo/c.toml"},
     )
-    found = {s["id"]: s for s in suggest.suggest(suggest.Context(elsewhere, builds, root="/p"))[0]}
+    found = {s["id"]: s for s in rules.suggest(rules.Context(elsewhere, builds, root="/p"))[0]}
     assert found["incremental-on"]["change"] == {
         "file": "environment",
         "manual": "unset CARGO_INCREMENTAL where rbd start runs",
@@ -183,17 +183,17 @@ def test_profile_settings_off_their_defaults() -> None:
     assert found["codegen-units-default"]["change"]["file"] == "/home/me/.cargo/c.toml"
     assert "profile.dev.codegen-units" in found["codegen-units-default"]["change"]["manual"]
     assert not {"codegen-units-default", "incremental-on"} & set(
-        ids(suggest.Context(environment(), builds))
+        ids(rules.Context(environment(), builds))
     )
 
 
 def test_lock_waits_suggest_a_target_dir_for_rust_analyzer() -> None:
     waited = [build(1, lock_wait=0.8), build(2, lock_wait=0.5), build(3)]
-    item = only(suggest.Context(environment(), waited), "rust-analyzer-target-dir")
+    item = only(rules.Context(environment(), waited), "rust-analyzer-target-dir")
     assert item is not None and "2 of the last 3 builds" in item["evidence"]
     assert "manual" in item["change"]
     once = [build(1, lock_wait=0.8), build(2), build(3)]
-    assert only(suggest.Context(environment(), once), "rust-analyzer-target-dir") is None
+    assert only(rules.Context(environment(), once), "rust-analyzer-target-dir") is None
 
 
 def unit(name: str, kind: str, **fields: Any) -> dict[str, Any]:
@@ -205,46 +205,46 @@ def test_units_rebuilt_every_time() -> None:
     script = unit("gen", "build-script-run", build_script_s=0.4)
     flags = unit("dep", "lib", dirty_reason="the rustflags changed", total_s=0.6)
     units = {1: [script, flags], 2: [script, flags], 3: [script], 4: []}
-    found = {s["id"]: s for s in suggest.suggest(suggest.Context(environment(), builds, units))[0]}
+    found = {s["id"]: s for s in rules.suggest(rules.Context(environment(), builds, units))[0]}
     assert "3 of the last 4" in found["rerun-if-changed"]["evidence"]
     assert found["rerun-if-changed"]["expected"]["saves_s"] == pytest.approx(0.4)
     assert found["rerun-if-changed"]["expected"]["source"] == "measured"
     assert "rustflags" in found["flags-mismatch"]["evidence"]
     rare = {1: [script], 2: [], 3: [], 4: []}
-    quiet = ids(suggest.Context(environment(), builds, rare))
+    quiet = ids(rules.Context(environment(), builds, rare))
     assert "rerun-if-changed" not in quiet and "flags-mismatch" not in quiet
 
 
 def test_a_frontend_heavy_crate_on_the_critical_path() -> None:
     builds = [build(i, 1.0) for i in range(1, 4)]
     big = unit("core", "lib", frontend_s=0.6, critical_path=True)
-    item = only(suggest.Context(environment(), builds, {1: [big], 2: [big], 3: []}), "split-crate")
+    item = only(rules.Context(environment(), builds, {1: [big], 2: [big], 3: []}), "split-crate")
     assert item is not None and "core" in item["title"]
     small = unit("core", "lib", frontend_s=0.1, critical_path=True)
     units = {1: [small], 2: [small], 3: [small]}
-    assert only(suggest.Context(environment(), builds, units), "split-crate") is None
+    assert only(rules.Context(environment(), builds, units), "split-crate") is None
 
 
 def test_sccache_and_check_loop_and_dependency_opt_level() -> None:
     builds = [build(i) for i in range(1, 4)]
     cached = environment()
     cached["rustc_wrapper"] = "/usr/bin/sccache"
-    assert "sccache" in ids(suggest.Context(cached, builds))
-    assert "sccache" not in ids(suggest.Context(environment(), builds))
+    assert "sccache" in ids(rules.Context(cached, builds))
+    assert "sccache" not in ids(rules.Context(environment(), builds))
 
     failing = [build(i, outcome="failure", errors=2) for i in range(1, 4)] + builds
-    assert "cargo-check-loop" in ids(suggest.Context(environment(), failing))
-    assert "cargo-check-loop" not in ids(suggest.Context(environment(), builds * 2))
+    assert "cargo-check-loop" in ids(rules.Context(environment(), failing))
+    assert "cargo-check-loop" not in ids(rules.Context(environment(), builds * 2))
 
     start = [build(9, 30.0, trigger=(), units_rebuilt=120), *builds]
-    item = only(suggest.Context(environment(deps_opt_level=3), start), "deps-opt-level")
+    item = only(rules.Context(environment(deps_opt_level=3), start), "deps-opt-level")
     assert item is not None and "#9" in item["evidence"]
-    assert only(suggest.Context(environment(), start), "deps-opt-level") is None
+    assert only(rules.Context(environment(), start), "deps-opt-level") is None
 
 
 def test_ranked_by_expected_saving() -> None:
     builds = [build(i, 1.0, link=0.5, linker="bfd", codegen=0.2) for i in range(1, 4)]
-    found = suggest.suggest(suggest.Context(environment(), builds))[0]
+    found = rules.suggest(rules.Context(environment(), builds))[0]
     saves = [s["expected"]["saves_s"] for s in found]
     assert saves == sorted(saves, reverse=True) and len(found) >= 4
     for item in found:

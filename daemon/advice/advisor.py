@@ -1,8 +1,8 @@
 """The `suggest`, `tune_apply` and `tune_revert` requests.
 
 Evidence comes from the store (the project's last builds and their units)
-and from the toolchain probe; daemon.suggest's rules turn it into
-suggestions; daemon.tune writes a suggestion's change, and the store keeps
+and from the toolchain probe; daemon.advice.rules turn it into
+suggestions; daemon.advice.tune writes a suggestion's change, and the store keeps
 what was written so that a revert restores the files byte for byte.
 """
 
@@ -14,24 +14,23 @@ from typing import Any
 import anyio.to_thread
 import structlog
 
-from rbd.daemon.advice import evidence, probe, tune
-from rbd.daemon.advice import rules as suggest
+from rbd.daemon.advice import evidence, probe, rules, tune
 from rbd.daemon.errors import ConfigError, NotFound, TuneConflict
 from rbd.daemon.store.asyncstore import AsyncStore
 
 log = structlog.get_logger("advisor")
 
 
-async def context(store: AsyncStore, root: str, env: dict[str, str]) -> suggest.Context:
-    builds = await store.call(store.sync.history, root, suggest.WINDOW)
+async def context(store: AsyncStore, root: str, env: dict[str, str]) -> rules.Context:
+    builds = await store.call(store.sync.history, root, rules.WINDOW)
     units = await store.call(store.sync.units_of, [int(b["id"]) for b in builds])
     environment = await probe.probe(Path(root), env)
-    return suggest.Context(environment, builds, units, root=root)
+    return rules.Context(environment, builds, units, root=root)
 
 
 async def suggestions(store: AsyncStore, root: str, env: dict[str, str]) -> dict[str, Any]:
     ctx = await context(store, root, env)
-    found, hint = suggest.suggest(ctx)
+    found, hint = rules.suggest(ctx)
     bench = await store.call(store.sync.latest_bench, root)
     found, withdrawn = evidence.cite(found, bench)
     return {

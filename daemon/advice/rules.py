@@ -1,13 +1,13 @@
 """Tuning suggestions argued from a project's own recorded builds.
 
 Each rule reads the last incremental rebuilds (successful builds a change
-triggered) and the toolchain probe (daemon.probe), and fires only on a
+triggered) and the toolchain probe (daemon.advice.probe), and fires only on a
 measured signal: a share of the median rebuild, a unit rebuilt every time, a
 lock wait. What a suggestion is expected to save is an estimate from a
 stated source, scaled by this project's own phase times (`rbd bench` will
 measure them), or, where the change removes a cost rbd measured (a lock
 wait, a build script run), that cost; suggestions are ranked by it. Changes are in the form
-daemon.tune applies; `manual` ones are for the user to make.
+daemon.advice.tune applies; `manual` ones are for the user to make.
 
 The estimates' sources (README.md lists them too):
 - debuginfo: line-tables-only took a one-line-edit rebuild of a small

@@ -1,7 +1,7 @@
 """`rbd bench`: build configurations measured side by side, as a careful engineer would.
 
 Every configuration, `default` included, builds a copy of the workspace (see
-daemon.benchsource) into its own `<target dir>/rbd/bench/<name>`, so neither the user's
+daemon.bench.source) into its own `<target dir>/rbd/bench/<name>`, so neither the user's
 files nor their target dir are touched. Runs are interleaved (A B C A B C ...) so that
 drift of the machine hits every configuration alike; warm-ups are not counted. Clean
 runs `cargo clean` that configuration's target dir first; incremental runs edit one
@@ -9,7 +9,7 @@ source file of the copy first (a string literal, else a comment), so the crate r
 recompiles.
 
 Wall times are cargo's own (spawn to exit) and the phase split is rbd's usual
-measurement (daemon.timings, link times from the shim), so a bench's numbers and a
+measurement (daemon.build.timings, link times from the shim), so a bench's numbers and a
 watched build's numbers mean the same thing.
 """
 
@@ -26,15 +26,13 @@ import anyio
 import structlog
 
 from rbd.contract import protocol
-from rbd.daemon.advice import probe
-from rbd.daemon.bench import source as benchsource
-from rbd.daemon.build import cargo_config, procs
-from rbd.daemon.build import configurations as configs
+from rbd.daemon.bench import source
+from rbd.daemon.build import cargo_config, configurations
 from rbd.daemon.build.builder import Build
 from rbd.daemon.build.records import BuildResult
 from rbd.daemon.build.shim import Shim, Shims
 from rbd.daemon.errors import ConfigError
-from rbd.daemon.projects import settings as configuration
+from rbd.daemon.projects import settings
 from rbd.daemon.projects import workspace as workspaces
 from rbd.daemon.store.sqlite import now_iso
 
@@ -71,7 +69,7 @@ class Options:
 class Series:
     """One configuration in one mode: its counted runs."""
 
-    config: configs.BuildConfig
+    config: configurations.BuildConfig
     mode: str
     walls: list[float] = dataclasses.field(default_factory=list)
     results: list[BuildResult] = dataclasses.field(default_factory=list)
@@ -109,17 +107,15 @@ class Bench:
         if workspace.metadata_error:
             raise ConfigError(f"cargo cannot read this project: {workspace.metadata_error}")
         root = workspace.root
-        settings = configuration.load(root, self.env, self.overrides)
-        base = settings.argv()
+        project_settings = settings.load(root, self.env, self.overrides)
+        base = project_settings.argv()
         bench_dir = workspace.target_dir / "rbd" / "bench"
         copy = bench_dir / "src"
         chosen = await self._resolve(root, bench_dir)
         runnable = [c for c in chosen if c.available]
         incremental = "incremental" in self.options.modes
         edit_file = (
-            benchsource.edit_target(
-                root, list(workspace.package_dirs), self.triggers, self.options.edit
-            )
+            source.edit_target(root, list(workspace.package_dirs), self.triggers, self.options.edit)
             if incremental
             else None
         )
@@ -127,11 +123,11 @@ class Bench:
         per_mode = {"clean": rounds, "incremental": rounds + 1}  # +1: the priming build
         self.total = sum(per_mode[m] for m in self.options.modes) * len(runnable)
         files = await anyio.to_thread.run_sync(
-            benchsource.copy_workspace, root, workspace.target_dir, copy
+            source.copy_workspace, root, workspace.target_dir, copy
         )
         log.info("bench_copy", root=str(root), copy=str(copy), files=files)
         original = (copy / edit_file).read_text() if edit_file else ""
-        edit = benchsource.plan_edit(original)
+        edit = source.plan_edit(original)
         # Announced once the copy is made: what the bench measures is the sources as of now.
         self.emit(
             {
@@ -145,7 +141,7 @@ class Bench:
         )
         shim = await self.shims.get(self.env)
         wrapper = await anyio.to_thread.run_sync(cargo_config.rustc_wrapper, root, self.env)
-        runner = _Runner(self, base, copy, settings.timeout_s, shim, wrapper)
+        runner = _Runner(self, base, copy, project_settings.timeout_s, shim, wrapper)
         series: list[Series] = []
         edited = copy / (edit_file or "")
         for mode in self.options.modes:
@@ -165,19 +161,11 @@ class Bench:
             "results": _results(chosen, series, self.options.modes),
         }
 
-    async def _resolve(self, root: Path, bench_dir: Path) -> list[configs.BuildConfig]:
-        names = self.options.configs or configs.NAMES
-        found = await probe.probe(root, self.env)
-        nightly = found.get("nightly") or {}
-        cranelift = nightly.get("toolchain") if nightly.get("cranelift") else None
-        chosen: list[configs.BuildConfig] = []
-        for name in dict.fromkeys(names):
-            resolved = configs.resolve(
-                name, root, bench_dir, self.env, str(found.get("host") or ""), cranelift
-            )
-            if resolved.name not in [c.name for c in chosen]:
-                chosen.append(dataclasses.replace(resolved, target_dir=bench_dir / resolved.name))
-        return chosen
+    async def _resolve(self, root: Path, bench_dir: Path) -> list[configurations.BuildConfig]:
+        names = self.options.configs or configurations.NAMES
+        chosen = await configurations.for_machine(names, root, bench_dir, self.env)
+        # Each in its own bench dir, `default` included: the user's target dir stays untouched.
+        return [dataclasses.replace(c, target_dir=bench_dir / c.name) for c in chosen]
 
     def progress(self, series: Series, counted: bool, result: BuildResult) -> None:
         self.done += 1
@@ -216,15 +204,15 @@ class _Runner:
         self.edits = 0
 
     async def prime(
-        self, series: list[Series], path: Path, original: str, edit: benchsource.Edit
-    ) -> benchsource.Edit:
+        self, series: list[Series], path: Path, original: str, edit: source.Edit
+    ) -> source.Edit:
         """One uncounted build per configuration, so that the runs after it are incremental.
         A string-literal edit that breaks the build is replaced by a comment edit."""
         for s in series:
             self._write(path, original, edit)
             result = await self.build(s)
             if result.outcome == "failure" and edit.kind == "string":
-                edit = benchsource.plan_edit(original, comment_only=True)
+                edit = source.plan_edit(original, comment_only=True)
                 log.warning("bench_edit_fallback", file=str(path), error=result.first_error)
                 self._write(path, original, edit)
                 result = await self.build(s)
@@ -238,7 +226,7 @@ class _Runner:
         rounds: int,
         path: Path,
         original: str,
-        edit: benchsource.Edit,
+        edit: source.Edit,
     ) -> None:
         for i in range(rounds):
             for s in series:
@@ -261,11 +249,11 @@ class _Runner:
             first = (result.first_error or "").strip().splitlines()
             s.failure = f"build {result.outcome}" + (f": {first[0]}" if first else "")
 
-    def _write(self, path: Path, original: str, edit: benchsource.Edit) -> None:
+    def _write(self, path: Path, original: str, edit: source.Edit) -> None:
         self.edits += 1
         path.write_text(edit.apply(original, self.edits))
 
-    async def clean(self, config: configs.BuildConfig) -> None:
+    async def clean(self, config: configurations.BuildConfig) -> None:
         assert config.target_dir is not None
         argv = [self.base[0], "clean", "--target-dir", str(config.target_dir)]
         with anyio.fail_after(CLEAN_TIMEOUT_S):
@@ -294,14 +282,11 @@ class _Runner:
             return await build.run()
         except anyio.get_cancelled_exc_class():
             # Cancelled (bench_cancel, shutdown, Ctrl-C): nothing of the build survives.
-            with anyio.CancelScope(shield=True):
-                build.cancel()
-                if build.pgid is not None:
-                    await procs.kill_group_and_wait(build.pgid)
+            await build.stop()
             raise
 
 
-def _baseline(chosen: list[configs.BuildConfig]) -> str:
+def _baseline(chosen: list[configurations.BuildConfig]) -> str:
     names = [c.name for c in chosen if c.available]
     return "default" if "default" in names else (names[0] if names else "default")
 
@@ -312,7 +297,7 @@ def _median_run(s: Series) -> BuildResult:
 
 
 def _results(
-    chosen: list[configs.BuildConfig], series: list[Series], modes: tuple[str, ...]
+    chosen: list[configurations.BuildConfig], series: list[Series], modes: tuple[str, ...]
 ) -> list[dict[str, Any]]:
     baseline = _baseline(chosen)
     by_key = {(s.config.name, s.mode): s for s in series}

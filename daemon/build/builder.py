@@ -129,6 +129,19 @@ class Build:
         if self.pgid is not None:
             procs.kill_group(self.pgid)
 
+    async def stop(self) -> BuildResult:
+        """End a build whose run() its caller's cancellation interrupted: kill its process
+        group and wait until none of it is left, so nothing of the build outlives it.
+        Shielded, so that it completes inside the cancelled scope. Returns the result,
+        marked `cancelled`, with the wall time up to now."""
+        with anyio.CancelScope(shield=True):
+            self.cancel()
+            if self.pgid is not None:
+                await procs.kill_group_and_wait(self.pgid)
+        self.result.outcome = "cancelled"
+        self.result.wall_s = time.monotonic() - self.spawned_at
+        return self.result
+
     def owns_write(self, relative: str) -> bool:
         """Whether the current content of a changed file was written by this build.
 

@@ -11,7 +11,7 @@ Measured with rustc/cargo 1.95 on x86_64-unknown-linux-gnu (gcc 12 as linker dri
 - rustc links with its bundled rust-lld by passing `-fuse-ld=lld` and `-B<sysroot>/gcc-ld`.
   `-Clinker-features=-lld` (stable on this one target only: aarch64 and musl answer "is
   unstable on the `...` target") drops both, leaving gcc's default GNU ld. After it,
-  `-Clink-arg=-fuse-ld=mold|lld|bfd` links with that linker from PATH (daemon.linker
+  `-Clink-arg=-fuse-ld=mold|lld|bfd` links with that linker from PATH (daemon.build.linker
   confirms mold, lld = "Debian LLD 14", bfd). Without `-lld`, `-fuse-ld=mold` also won
   (gcc takes the last -fuse-ld) but the bundled one stays on the command line, and
   `-fuse-ld=lld` alone still finds rust-lld in the -B dir, not the system ld.lld.
@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rbd.daemon.advice import probe
 from rbd.daemon.build import cargo_config
 from rbd.daemon.errors import ConfigError, Unavailable
 
@@ -287,3 +289,25 @@ def resolve(
         target_dir=target_dir / "rbd" / canonical,
         profile=profile,
     )
+
+
+async def for_machine(
+    names: Iterable[str], root: Path, target_dir: Path, env: dict[str, str]
+) -> list[BuildConfig]:
+    """The named configurations for the workspace at root on this machine, in the order
+    given, each once (names that resolve alike count once). What they need from the
+    toolchain (the host, a nightly with cranelift) is probed, unless only `default` is
+    asked for. An unknown or conflicting name raises ConfigError; one this machine lacks
+    comes back with available False."""
+    names = list(dict.fromkeys(names))
+    host, cranelift = "", None
+    if any(name != "default" for name in names):
+        found = await probe.probe(root, env)
+        host = str(found.get("host") or "")
+        nightly = found.get("nightly") or {}
+        cranelift = nightly.get("toolchain") if nightly.get("cranelift") else None
+    chosen: dict[str, BuildConfig] = {}
+    for name in names:
+        resolved = resolve(name, root, target_dir, env, host, cranelift)
+        chosen.setdefault(resolved.name, resolved)
+    return list(chosen.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +65,7 @@ class BuildResult:
     units_rebuilt: int = 0
     units_fresh: int = 0
     linked: bool = False
-    # Which linker the evidence in a linked binary names (see daemon.linker).
+    # Which linker the evidence in a linked binary names (see daemon.build.linker).
     linker_seen: str | None = None
     # The user's own RUSTC_WRAPPER (sccache...), which rbd's wrapper runs in turn.
     rustc_wrapper: str | None = None
@@ -82,13 +83,26 @@ class BuildResult:
         return self.linker_seen or "unknown"
 
 
+@dataclass(frozen=True)
+class BuildHeader:
+    """What a build is, fixed before cargo runs: stored as it begins, shown while it runs,
+    and repeated in its summary. A build that outlives a failing store keeps it in memory."""
+
+    project: str
+    started_at: str
+    # The changed paths that caused the build, relative to the project root (none: the first).
+    trigger: tuple[str, ...]
+    command: tuple[str, ...]
+    config: str
+
+
 def summary(
     *,
     build_id: int | None,
     project: str,
     started_at: str,
-    trigger: list[str],
-    command: list[str],
+    trigger: Sequence[str],
+    command: Sequence[str],
     config: str,
     outcome: str | None,
     wall_s: float | None,
@@ -106,8 +120,8 @@ def summary(
         "id": build_id,
         "project": project,
         "started_at": started_at,
-        "trigger": trigger,
-        "command": command,
+        "trigger": list(trigger),
+        "command": list(command),
         "config": config,
         "outcome": outcome,
         "wall_s": None if wall_s is None else round(wall_s, 4),
@@ -120,3 +134,27 @@ def summary(
         "rustc_wrapper": rustc_wrapper,
         "phases": {key: phases.get(key) for key in PHASE_KEYS},
     }
+
+
+def finished_summary(
+    build_id: int | None, header: BuildHeader, result: BuildResult
+) -> dict[str, Any]:
+    """The summary of a build that just finished (the shape `summary` gives the store's rows)."""
+    return summary(
+        build_id=build_id,
+        project=header.project,
+        started_at=header.started_at,
+        trigger=header.trigger,
+        command=header.command,
+        config=header.config,
+        outcome=result.outcome,
+        wall_s=result.wall_s,
+        settle_s=result.settle_s,
+        errors=result.errors,
+        warnings=result.warnings,
+        units_rebuilt=result.units_rebuilt,
+        units_fresh=result.units_fresh,
+        linker=result.linker,
+        phases=result.phases,
+        rustc_wrapper=result.rustc_wrapper,
+    )

@@ -1,1 +1,2 @@
-"""Projects: what cargo says a project is, its rbd settings, and a watched project's life."""
+"""Projects: what cargo says a project is, its rbd settings, a watched project's life, how its
+builds are recorded, and the registry of watched projects."""

@@ -47,7 +47,7 @@ class ProjectConfig:
     settle_ms: int = 20
     # A build running longer than this is killed and recorded as `timeout`.
     timeout_s: float = 1800.0
-    # The named build configuration (daemon.configs): mold, line-tables-only...
+    # The named build configuration (daemon.build.configurations): mold, line-tables-only...
     build_config: str = "default"
 
     def argv(self) -> list[str]:

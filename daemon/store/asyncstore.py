@@ -19,7 +19,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from rbd.daemon.build.records import BuildResult
+from rbd.daemon.build.records import BuildHeader, BuildResult
 from rbd.daemon.errors import StoreError
 from rbd.daemon.store.sqlite import Store
 
@@ -38,11 +38,7 @@ class Unsaved:
     """A finished build not yet in the store: begun there (build_id) or not at all."""
 
     build_id: int | None
-    project: str
-    started_at: str
-    trigger: list[str]
-    command: list[str]
-    config: str
+    header: BuildHeader
     result: BuildResult
 
 
@@ -78,7 +74,7 @@ class AsyncStore:
             self.unsaved.popleft()
             self.dropped += 1
         self.unsaved.append(build)
-        log.warning("build_unsaved", project=build.project, waiting=len(self.unsaved))
+        log.warning("build_unsaved", project=build.header.project, waiting=len(self.unsaved))
 
     async def flush(self) -> None:
         """Write the unsaved builds, oldest first; StoreError if the store still fails."""
@@ -89,16 +85,17 @@ class AsyncStore:
         while self.unsaved:
             build = self.unsaved[0]
             if build.build_id is None:
+                header = build.header
                 await self.write(
                     self.sync.record_build,
-                    project=build.project,
-                    started_at=build.started_at,
-                    trigger=build.trigger,
-                    command=build.command,
-                    config=build.config,
+                    project=header.project,
+                    started_at=header.started_at,
+                    trigger=list(header.trigger),
+                    command=list(header.command),
+                    config=header.config,
                     result=build.result,
                 )
             else:
                 await self.write(self.sync.finish_build, build.build_id, build.result)
             self.unsaved.popleft()
-            log.info("build_saved_late", project=build.project, waiting=len(self.unsaved))
+            log.info("build_saved_late", project=build.header.project, waiting=len(self.unsaved))

@@ -4,7 +4,7 @@ WAL mode so readers (history, show) never wait on the writer; the schema
 version lives in `PRAGMA user_version` and MIGRATIONS brings any older store
 up to date in one transaction, keeping its history. Every write is one
 transaction. The class is synchronous; the daemon calls it from a worker
-thread (daemon.asyncstore) so SQLite never blocks the event loop.
+thread (daemon.store.asyncstore) so SQLite never blocks the event loop.
 """
 
 from __future__ import annotations

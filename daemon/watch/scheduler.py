@@ -5,7 +5,8 @@ holds .git/index.lock: a checkout or rebase is writing the tree) ->
 building -> idle. A change during a build is looked at once the settle time
 has passed (so a build script's just-written file is recognised as the
 build's own); a change that is the user's cancels the build, and the next
-build, after settling, covers both.
+build, after settling, covers both. A bench of the project holds it `paused`. Each
+change of state is reported to the scheduler's on_state.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class RunningBuild(Protocol):
 # Called with the changed paths and when the first of them was seen (monotonic;
 # None for the first build of a project).
 Launch = Callable[[list[str], float | None], Awaitable[None]]
+# Called with the new state each time it changes.
+OnState = Callable[[str], None]
 
 
 def git_dir(root: Path) -> Path | None:
@@ -59,10 +62,13 @@ def git_dir(root: Path) -> Path | None:
 
 
 class Scheduler:
-    def __init__(self, root: Path, settle_s: float, launch: Launch) -> None:
+    def __init__(
+        self, root: Path, settle_s: float, launch: Launch, on_state: OnState = lambda _: None
+    ) -> None:
         self.root = root
         self.settle_s = settle_s
-        self.state = "idle"
+        self._state = "idle"
+        self._on_state = on_state
         self.current: RunningBuild | None = None
         # The last build: what it wrote may reach the watcher after it ended.
         self.previous: RunningBuild | None = None
@@ -76,6 +82,16 @@ class Scheduler:
         self._resumed = anyio.Event()
         self._idle = anyio.Event()
         self._idle.set()
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @state.setter
+    def state(self, state: str) -> None:
+        if state != self._state:
+            self._state = state
+            self._on_state(state)
 
     def pause(self) -> None:
         if self._paused == 0:

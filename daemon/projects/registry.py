@@ -1,0 +1,119 @@
+"""The watched projects, keyed by workspace root: started, found, updated and stopped.
+
+What is watched is remembered in the store, with the environment and settings it was
+started with, so that a restarted daemon (systemd, launchd, a crash) watches the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from rbd.daemon.build import configurations
+from rbd.daemon.build.shim import Shims
+from rbd.daemon.errors import NotWatched, StoreError
+from rbd.daemon.projects import settings
+from rbd.daemon.projects import workspace as workspaces
+from rbd.daemon.projects.project import Project
+from rbd.daemon.rpc.events import EventHub
+from rbd.daemon.store.asyncstore import AsyncStore
+
+log = structlog.get_logger("projects")
+
+
+class Registry:
+    """The watched projects, keyed by workspace root."""
+
+    def __init__(
+        self, store: AsyncStore, hub: EventHub, tg: anyio.abc.TaskGroup, shims: Shims
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.shims = shims
+        self._tg = tg
+        self.projects: dict[str, Project] = {}
+
+    def find(self, path: str | None) -> Project | None:
+        """The watched project containing path (the innermost if nested)."""
+        if not path:
+            return None
+        target = Path(path).resolve()
+        best = None
+        for project in self.projects.values():
+            if target.is_relative_to(project.root) and (
+                best is None or len(project.root.parts) > len(best.root.parts)
+            ):
+                best = project
+        return best
+
+    async def start(
+        self, path: str, env: dict[str, str], overrides: dict[str, Any], persist: bool = True
+    ) -> tuple[Project, bool]:
+        """Watch the project at path; returns it and whether it was already watched.
+
+        Raises what loading the workspace raises (ProjectError, CargoMissing), ConfigError
+        for invalid settings or an unknown configuration, Unavailable for one this
+        machine cannot build."""
+        workspace = await workspaces.load(Path(path).resolve(), env)
+        config = settings.load(workspace.root, env, overrides)
+        build_config = await self._build_config(workspace, env, config.build_config)
+        key = str(workspace.root)
+        existing = self.projects.get(key)
+        if existing is not None:
+            # Watched already: the next build uses the new environment and
+            # settings; the watch and any running build carry on.
+            existing.update(env, overrides, config, build_config)
+            await self._persist(key, env, overrides, persist)
+            return existing, True
+        project = Project(
+            workspace, env, overrides, config, self.store, self.hub, self.shims, build_config
+        )
+        try:
+            project.last_build = await self.store.call(self.store.sync.last_build, key)
+        except StoreError:
+            pass
+        self.projects[key] = project
+        await self._tg.start(project.run)
+        await self._persist(key, env, overrides, persist)
+        log.info("project_started", root=key, command=config.argv())
+        return project, False
+
+    async def _build_config(
+        self, workspace: workspaces.Workspace, env: dict[str, str], name: str
+    ) -> configurations.BuildConfig:
+        """The named configuration, resolved for this machine; Unavailable if it lacks it,
+        ConfigError if no such configuration exists."""
+        (config,) = await configurations.for_machine(
+            [name], workspace.root, workspace.target_dir, env
+        )
+        return config.require()
+
+    async def _persist(
+        self, key: str, env: dict[str, str], overrides: dict[str, Any], persist: bool
+    ) -> None:
+        # Remembered so that a restarted daemon (systemd, launchd, a crash)
+        # watches the same projects with the same environment.
+        if not persist:
+            return
+        try:
+            await self.store.call(self.store.sync.save_project, key, env, overrides)
+        except StoreError as exc:
+            log.error("store_failed", error=str(exc), root=key)
+
+    async def stop(self, key: str, forget: bool = True) -> None:
+        """Stop watching the project at key (its running build is killed); NotWatched if it
+        is not watched. forget: also forget it in the store, so a restart does not resume it."""
+        project = self.projects.pop(key, None)
+        if project is None:
+            raise NotWatched(f"{key} is not watched by rbd")
+        project.stop()
+        await project.stopped.wait()
+        if forget:
+            try:
+                await self.store.call(self.store.sync.remove_project, key)
+            except StoreError as exc:
+                log.error("store_failed", error=str(exc), root=key)
+        log.info("project_stopped", root=key)
