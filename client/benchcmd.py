@@ -83,6 +83,9 @@ def _show_progress(event: dict[str, Any], live: bool) -> None:
 def _daemon_job(request: dict[str, Any], live: bool, detach: bool) -> dict[str, Any] | None:
     from rbd.client.spawn import connect_or_spawn
 
+    # A daemon bench runs in the watched project's own environment: this one's is
+    # for --foreground only.
+    request = {key: value for key, value in request.items() if key != "env"}
     with connect_or_spawn() as conn:
         if detach:
             reply = conn.request(protocol.BENCH, detach=True, **request)

@@ -198,7 +198,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 def cmd_suggest(args: argparse.Namespace) -> int:
     with Connection.open() as conn:
-        reply = conn.request(protocol.SUGGEST, path=_dir(args.dir), env=dict(os.environ))
+        # The project's own environment (the one `rbd start` gave it) is the one probed.
+        reply = conn.request(protocol.SUGGEST, path=_dir(args.dir))
     keys = ("project", "environment", "builds_considered", "suggestions", "withdrawn", "bench")
     data = {k: reply.get(k) for k in keys}
     data["hint"] = reply.get("hint")
@@ -219,7 +220,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
             reply = conn.request(
                 protocol.TUNE_APPLY,
                 path=_dir(args.dir),
-                env=dict(os.environ),
                 ids=args.ids,
                 dry_run=args.dry_run,
             )
@@ -229,7 +229,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
             reply = conn.request(
                 protocol.TUNE_REVERT,
                 path=_dir(args.dir),
-                env=dict(os.environ),
                 tune_id=int(args.ids[0]) if args.ids else None,
                 force=args.force,
             )

@@ -1,28 +1,33 @@
 """The daemon as a whole: recovery after a crash, the socket server, the
-watched projects, and an orderly shutdown."""
+watched projects, and an orderly shutdown.
+
+`Daemon` is complete once built; what needs the main task group (the registry of
+watched projects, the benches) is made in `main`, together with the services the
+request handlers are given, and passed on from there.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
-import time
 from pathlib import Path
-from typing import Any
 
 import anyio
 import structlog
 
-from rbd.contract import __version__, paths, protocol
-from rbd.daemon.bench.job import BenchJob
+from rbd.contract import paths
+from rbd.daemon.bench.job import Benches
 from rbd.daemon.build import procs
 from rbd.daemon.build.shim import Shims
-from rbd.daemon.errors import DaemonError, NotWatched, StoreError
-from rbd.daemon.projects.project import Registry
-from rbd.daemon.rpc import server
+from rbd.daemon.errors import DaemonError, StoreError
+from rbd.daemon.projects.registry import Registry
 from rbd.daemon.rpc.events import EventHub
+from rbd.daemon.rpc.server import Server
+from rbd.daemon.services import DaemonInfo, Services
 from rbd.daemon.store.asyncstore import AsyncStore
 from rbd.daemon.store.sqlite import Store
+from rbd.daemon.tunables import Tunables
 
 log = structlog.get_logger("daemon")
 
@@ -30,86 +35,39 @@ log = structlog.get_logger("daemon")
 STORE_RETRY_S = 2.0
 # After a failed accept(): builds and connections ending free descriptors meanwhile.
 ACCEPT_RETRY_S = 0.1
+# At shutdown: how long the projects' builds get to stop and the store to take the rest.
+STOP_GRACE_S = 4.0
 
 
 class Daemon:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, tunables: Tunables) -> None:
         self.store = AsyncStore(store)
-        self.hub = EventHub()
+        self.tunables = tunables
+        self.hub = EventHub(tunables.subscriber_buffer)
         self.shims = Shims(Path(paths.cache_dir()))
-        self.registry: Registry
-        # Jobs that outlive the request that started them (a bench).
-        self.tasks: anyio.abc.TaskGroup
-        self.bench: BenchJob | None = None
-        self.started = time.monotonic()
-        self.socket_path = paths.socket_path()
+        self.info = DaemonInfo(socket=paths.socket_path())
         self._shutdown = anyio.Event()
-
-    def hello(self) -> dict[str, Any]:
-        return {
-            "protocol": protocol.PROTOCOL_VERSION,
-            "version": __version__,
-            "pid": os.getpid(),
-        }
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
 
-    def status(self, path: str | None) -> dict[str, Any]:
-        projects = list(self.registry.projects.values())
-        if path is not None:
-            found = self.registry.find(path)
-            projects = [found] if found is not None else []
-        return {
-            "daemon": {
-                "pid": os.getpid(),
-                "version": __version__,
-                "protocol": protocol.PROTOCOL_VERSION,
-                "uptime_s": round(time.monotonic() - self.started, 3),
-                "socket": self.socket_path,
-                "log": paths.log_path(),
-                "store": str(self.store.sync.path),
-                "store_error": self.store.error,
-                # Finished builds waiting in memory for a failing store.
-                "unsaved_builds": len(self.store.unsaved),
-                # Dropped, oldest first, once more than MAX_UNSAVED waited.
-                "lost_builds": self.store.dropped,
-                "subscribers": len(self.hub),
-            },
-            "projects": [project.status() for project in projects],
-        }
-
-    def resolve_watched(self, path: str | None) -> str:
-        project = self.registry.find(path)
-        if project is None:
-            raise NotWatched(f"{path} is not inside a project rbd watches (see `rbd status`)")
-        return project.key
-
-    async def resolve_known(self, path: str | None) -> str | None:
-        """The project (watched now, or with recorded builds) containing path, if any."""
-        project = self.registry.find(path)
-        if project is not None or not path:
-            return None if project is None else project.key
-        target = Path(path).resolve()
-        known = await self.store.call(self.store.sync.known_projects)
-        inside = [root for root in known if target.is_relative_to(root)]
-        return max(inside, key=len) if inside else None
-
     async def _recover(self) -> None:
-        """Before any new build: kill what a crashed daemon's builds left running."""
+        """Before any new build: kill what a crashed daemon's builds left running.
+        Raises StoreError."""
         for build_id, pgid, pg_start in await self.store.call(self.store.sync.running_builds):
             killed = procs.kill_stale_group(pgid, pg_start) if pgid else 0
             await self.store.call(self.store.sync.mark_interrupted, build_id)
             log.warning("build_interrupted", build_id=build_id, pgid=pgid, killed=killed)
 
-    async def _resume(self) -> None:
+    async def _resume(self, registry: Registry) -> None:
+        """Watch again what was watched before the daemon stopped. Raises StoreError."""
         for root, env, overrides in await self.store.call(self.store.sync.watched_projects):
             try:
-                await self.registry.start(root, env, overrides, persist=False)
+                await registry.start(root, env, overrides, persist=False)
             except DaemonError as exc:
                 log.error("resume_failed", root=root, error=str(exc))
 
-    async def _serve(self, listener: anyio.abc.SocketListener) -> None:
+    async def _serve(self, listener: anyio.abc.SocketListener, server: Server) -> None:
         # Not listener.serve(): an accept() failing (out of file descriptors,
         # EMFILE) would end it, and the daemon with it.
         async with anyio.create_task_group() as tg:
@@ -120,7 +78,7 @@ class Daemon:
                     log.error("accept_failed", error=str(exc))
                     await anyio.sleep(ACCEPT_RETRY_S)
                     continue
-                tg.start_soon(server.handle, self, stream)
+                tg.start_soon(server.handle, stream)
 
     async def _retry_store(self) -> None:
         # A freed disk should not wait for the next save to be noticed.
@@ -137,28 +95,38 @@ class Daemon:
                 self.request_shutdown()
 
     async def main(self) -> None:
-        log.info("daemon_started", pid=os.getpid(), socket=self.socket_path)
+        socket_path = self.info.socket
+        log.info("daemon_started", pid=os.getpid(), socket=socket_path)
         try:
             await self._recover()
         except StoreError as exc:
             log.error("recover_failed", error=str(exc))
-        listener = await anyio.create_unix_listener(self.socket_path)
-        os.chmod(self.socket_path, 0o600)
+        listener = await anyio.create_unix_listener(socket_path)
+        os.chmod(socket_path, 0o600)
         async with anyio.create_task_group() as tg:
-            self.registry = Registry(self.store, self.hub, tg, self.shims)
-            self.tasks = tg
+            registry = Registry(self.store, self.hub, tg, self.shims)
+            benches = Benches(registry, self.store, self.hub, self.shims)
+            await tg.start(benches.run)
+            services = Services(
+                info=self.info,
+                store=self.store,
+                registry=registry,
+                hub=self.hub,
+                benches=benches,
+                request_shutdown=self.request_shutdown,
+            )
             tg.start_soon(self._signals)
             tg.start_soon(self._retry_store)
             try:
-                await self._resume()
+                await self._resume(registry)
             except StoreError as exc:
                 log.error("resume_failed", error=str(exc))
-            tg.start_soon(self._serve, listener)
+            tg.start_soon(self._serve, listener, Server(services, self.tunables))
             await self._shutdown.wait()
-            log.info("daemon_stopping", projects=len(self.registry.projects))
-            with anyio.CancelScope(shield=True), anyio.move_on_after(4.0):
-                for key in list(self.registry.projects):
-                    await self.registry.stop(key, forget=False)
+            log.info("daemon_stopping", projects=len(registry.projects))
+            with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE_S):
+                for key in list(registry.projects):
+                    await registry.stop(key, forget=False)
                 try:
                     await self.store.flush()
                 except StoreError as exc:

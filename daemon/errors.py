@@ -1,6 +1,7 @@
 """The daemon's exceptions. Each carries the protocol error code the server replies with.
 
     DaemonError             base; code `internal`
+    ├── BadRequest          a request's arguments are malformed; code `bad_request`
     ├── AlreadyRunning      another daemon holds the lock (exit quietly)
     ├── UnsafeRuntimeDir    the socket directory is not ours or not private
     ├── ProjectError        the path is not a usable Cargo project; code `no_project`
@@ -13,9 +14,12 @@
     ├── Unavailable         a build configuration this machine lacks; code `unavailable`
     ├── Busy                a bench is running already; code `busy`
     ├── BenchCancelled      the bench was cancelled before it finished; code `cancelled`
-    └── StoreError          the SQLite store failed; builds go on, status reports it
+    └── StoreError          the SQLite store failed; builds go on, status reports it;
+                            code `store_error`
 
-Everything else reaching the server's boundary is logged and answered as `internal`.
+The server answers a DaemonError with its code. Anything else reaching its boundary
+is a bug in the daemon: logged with its traceback and answered as `internal` (never
+`bad_request`, which would blame the client).
 """
 
 from __future__ import annotations
@@ -25,6 +29,12 @@ from rbd.contract import protocol
 
 class DaemonError(Exception):
     code = protocol.INTERNAL
+
+
+class BadRequest(DaemonError):
+    """What the client sent is not a valid request (rbd.daemon.rpc.requests)."""
+
+    code = protocol.BAD_REQUEST
 
 
 class AlreadyRunning(DaemonError):
@@ -76,4 +86,4 @@ class BenchCancelled(DaemonError):
 
 
 class StoreError(DaemonError):
-    pass
+    code = protocol.STORE_ERROR

@@ -39,11 +39,14 @@ def run(argv: list[str] | None = None) -> int:
         runtime.clear_stale_socket(socket_path)
         logsetup.configure(paths.log_path())
         # Imported after the lock: a second daemon racing this one exits early and cheaply.
+        from rbd.daemon import tunables
         from rbd.daemon.app import Daemon
         from rbd.daemon.store.sqlite import Store
 
+        # Before the store: a bad RBD_* bound refuses to start the daemon (ConfigError).
+        bounds = tunables.read()
         store = Store(Path(paths.store_path()))
-        anyio.run(Daemon(store).main)
+        anyio.run(Daemon(store, bounds).main)
         return 0
     except DaemonError as exc:
         print(f"rbd daemon: {exc}", file=sys.stderr)

@@ -5,7 +5,9 @@ real daemon, plus connections that never finish a line and a flood of connection
 
 Whatever arrives, the daemon answers each line with a structured reply (never
 `internal`) or closes the connection, keeps serving everybody else, and keeps
-its memory and its file descriptors bounded.
+its memory and its file descriptors bounded. Every op's arguments are drawn from
+the wire schema (rbd.contract.schema.ARGS). The 10,000-message run is `slow`
+(`bash .ci/soak`); the default run fuzzes a few hundred messages the same way.
 """
 
 from __future__ import annotations
@@ -30,10 +32,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rbd.contract import protocol
+from rbd.contract.schema import ARGS, Kind
 from tests.conftest import WAIT_S, Rbd
 
 MAX = protocol.MAX_REQUEST_BYTES
+# The long run's messages (`-m slow`, .ci/soak), and the default run's examples per
+# round (a round of the long run's 300 sends about 9,000 messages).
 MESSAGES = 10_000
+QUICK_EXAMPLES = 25
+FUZZED_OPS = sorted(set(ARGS) - {protocol.SHUTDOWN})
 # Every error code a reply may carry. `internal` is not among them: it means a
 # handler raised something unexpected, which is a bug whatever the input.
 CODES = frozenset(
@@ -73,27 +80,12 @@ RSS_GROWTH_MB = 16.0
 # Reading a reply: generous, the CPU is shared with cargo and other tests.
 REPLY_S = 30.0
 
-# The arguments each op reads (daemon/server.py), so that every one of them gets
-# both plausible values and values of every wrong type.
-OP_FIELDS: dict[str, tuple[str, ...]] = {
-    protocol.HELLO: ("protocol",),
-    protocol.STATUS: ("path",),
-    protocol.START: ("path", "env", "overrides"),
-    protocol.STOP: ("path",),
-    protocol.HISTORY: ("limit", "all", "path"),
-    protocol.SHOW: ("build_id",),
-    protocol.SUBSCRIBE: ("path",),
-    protocol.SUGGEST: ("path", "env"),
-    protocol.TUNE_APPLY: ("path", "env", "ids", "dry_run"),
-    protocol.TUNE_REVERT: ("path", "env", "tune_id", "force"),
-    protocol.BENCH: ("path", "configs", "modes", "env", "runs", "warmup", "edit", "detach"),
-    protocol.BENCH_CANCEL: ("path",),
-}
-
 
 def test_every_op_is_fuzzed() -> None:
+    # Every op's arguments come from the schema the daemon validates them with.
+    assert set(ARGS) == protocol.OPS
     # `shutdown` is left out on purpose: it would stop the daemon under test.
-    assert set(OP_FIELDS) | {protocol.SHUTDOWN} == protocol.OPS
+    assert protocol.SHUTDOWN not in FUZZED_OPS
 
 
 # --- strategies -----------------------------------------------------------------------
@@ -147,30 +139,26 @@ def confined_paths(root: str) -> st.SearchStrategy[str]:
     return st.lists(TEXT.map(segment), max_size=3).map(lambda parts: "/".join([root, *parts]))
 
 
-def plausible_values(root: str) -> dict[str, st.SearchStrategy[Any]]:
-    """Each argument's values of the type the daemon expects, good or bad."""
+def plausible_values(root: str) -> dict[Kind, st.SearchStrategy[Any]]:
+    """Values of each kind of argument (schema.Kind) the daemon checks, good or bad."""
     path = confined_paths(root) | named({"longer than PATH_MAX": root + "/a" * 2100})
-    env = st.dictionaries(TEXT, TEXT, max_size=3)
-    names = st.lists(TEXT, max_size=3)
     return {
-        "protocol": st.sampled_from([protocol.PROTOCOL_VERSION] * 3 + [0, 2, -1, 999]),
+        "str": TEXT,
         "path": path,
-        "env": env,
-        "overrides": st.dictionaries(TEXT, ANY_JSON, max_size=3),
-        "limit": INTS,
-        "all": st.booleans(),
-        "build_id": INTS,
-        "ids": names,
-        "dry_run": st.booleans(),
-        "tune_id": INTS,
-        "force": st.booleans(),
-        "configs": names,
-        "modes": names | st.just(["clean", "incremental"]),
-        "runs": INTS,
-        "warmup": INTS,
-        "edit": path,
-        "detach": st.booleans(),
+        "abs_path": path,
+        "int": INTS,
+        "bool": st.booleans(),
+        "str_list": st.lists(TEXT, max_size=3),
+        "env": st.dictionaries(TEXT, TEXT, max_size=3),
+        "object": st.dictionaries(TEXT, ANY_JSON, max_size=3),
     }
+
+
+# Arguments whose plausible values are narrower than their kind's.
+PLAUSIBLE_BY_NAME: dict[str, st.SearchStrategy[Any]] = {
+    "protocol": st.sampled_from([protocol.PROTOCOL_VERSION] * 3 + [0, 2, -1, 999]),
+    "modes": st.lists(TEXT, max_size=3) | st.just(["clean", "incremental"]),
+}
 
 
 @st.composite
@@ -178,14 +166,14 @@ def requests(draw: st.DrawFn, root: str) -> dict[str, Any]:
     """A request of a known op (never shutdown), each argument left out, plausible or
     of a random type, perhaps with unknown arguments besides."""
     values = plausible_values(root)
-    op = draw(st.sampled_from(sorted(OP_FIELDS)))
+    op = draw(st.sampled_from(FUZZED_OPS))
     message: dict[str, Any] = {"op": op}
     if draw(st.booleans()):
         message["id"] = draw(ANY_JSON)
-    for name in OP_FIELDS[op]:
+    for name, arg in ARGS[op].items():
         choice = draw(st.sampled_from(["omit", "plausible", "plausible", "wrong"]))
         if choice == "plausible":
-            message[name] = draw(values[name])
+            message[name] = draw(PLAUSIBLE_BY_NAME.get(name, values[arg.kind]))
         elif choice == "wrong":
             message[name] = draw(ANY_JSON)
     for key, value in draw(st.dictionaries(TEXT, ANY_JSON, max_size=2)).items():
@@ -578,9 +566,26 @@ def held(peers: list[Peer]) -> Iterator[list[Peer]]:
 # --- the tests -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fuzzed_messages_get_structured_replies_and_the_daemon_stays(
     rbd: Rbd, fuzz_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    fuzz_the_daemon(rbd, fuzz_root, monkeypatch, examples=300, messages=MESSAGES)
+
+
+def test_a_quick_fuzz_gets_structured_replies_and_the_daemon_stays(
+    rbd: Rbd, fuzz_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The default run's share of the long one: every kind of message, a few hundred.
+    fuzz_the_daemon(rbd, fuzz_root, monkeypatch, examples=QUICK_EXAMPLES, messages=1)
+
+
+def fuzz_the_daemon(
+    rbd: Rbd, fuzz_root: Path, monkeypatch: pytest.MonkeyPatch, examples: int, messages: int
+) -> None:
+    """Rounds of `examples` sessions until `messages` messages were sent (a warm-up round
+    first), beside idle, silent and unfinished connections; then the daemon's memory,
+    descriptors and log are checked."""
     bound = str(FUZZ_BOUND_S)
     pid = start(rbd, monkeypatch, RBD_LINE_TIMEOUT_S=bound, RBD_HELLO_TIMEOUT_S=bound)
     fds = open_fds(pid)
@@ -588,7 +593,7 @@ def test_fuzzed_messages_get_structured_replies_and_the_daemon_stays(
     began = time.monotonic()
 
     @settings(
-        max_examples=300,
+        max_examples=examples,
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -613,7 +618,7 @@ def test_fuzzed_messages_get_structured_replies_and_the_daemon_stays(
         for peer in stuck[20:]:
             assert peer.send(b"   ")
         rounds = 1
-        while tally.messages < MESSAGES:
+        while rounds == 1 or tally.messages < messages:
             fuzz()
             rounds += 1
             assert rounds < 20, tally
@@ -631,7 +636,7 @@ def test_fuzzed_messages_get_structured_replies_and_the_daemon_stays(
         f"replies: {dict(tally.codes.most_common())}; "
         f"RSS {rss_before:.1f} MB -> {rss_after:.1f} MB ({rss_after - rss_before:+.1f})"
     )
-    assert tally.messages >= MESSAGES
+    assert tally.messages >= messages
     assert rss_after - rss_before < RSS_GROWTH_MB, (rss_before, rss_after)
     status = tail.ask({"op": protocol.STATUS, "id": "tail"})
     assert status["ok"] is True and status["daemon"]["pid"] == pid

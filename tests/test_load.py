@@ -20,8 +20,8 @@ import pytest
 from rbd.client.connection import Connection
 from rbd.contract import protocol
 from rbd.daemon.errors import ConfigError
-from rbd.daemon.rpc.events import SUBSCRIBER_BUFFER, SUBSCRIBER_BUFFER_ENV, buffer_size
-from rbd.daemon.rpc.server import SEND_TIMEOUT_S
+from rbd.daemon.rpc.connection import SEND_TIMEOUT_S
+from rbd.daemon.tunables import SUBSCRIBER_BUFFER, SUBSCRIBER_BUFFER_ENV, subscriber_buffer
 from tests.conftest import WAIT_S, Events, Rbd, make_crate
 from tests.test_projects import main_rs
 
@@ -359,11 +359,11 @@ def test_a_tail_that_stops_reading_is_dropped_and_slows_nobody(rbd: Rbd, tmp_pat
 
 
 def test_subscriber_buffer_setting_is_validated() -> None:
-    assert buffer_size({}) == SUBSCRIBER_BUFFER == 2048
-    assert buffer_size({SUBSCRIBER_BUFFER_ENV: " 16 "}) == 16
+    assert subscriber_buffer({}) == SUBSCRIBER_BUFFER == 2048
+    assert subscriber_buffer({SUBSCRIBER_BUFFER_ENV: " 16 "}) == 16
     for bad in ("0", "-1", "many", "1.5", str(1 << 30)):
         with pytest.raises(ConfigError, match=SUBSCRIBER_BUFFER_ENV):
-            buffer_size({SUBSCRIBER_BUFFER_ENV: bad})
+            subscriber_buffer({SUBSCRIBER_BUFFER_ENV: bad})
 
 
 def test_a_bad_subscriber_buffer_keeps_the_daemon_from_starting(rbd: Rbd, tmp_path: Path) -> None:

@@ -1,14 +1,31 @@
-"""The wire protocol as a script or editor plugin would speak it, over a raw socket."""
+"""The wire protocol as a script or editor plugin would speak it, over a raw socket; and
+the server's answer to a bug in a handler or a failing store."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import pytest
+from structlog.testing import capture_logs
 
 from rbd.contract import protocol
+from rbd.daemon.bench.job import Benches
+from rbd.daemon.build.shim import Shims
+from rbd.daemon.projects.registry import Registry
+from rbd.daemon.rpc.events import EventHub
+from rbd.daemon.rpc.server import Server
+from rbd.daemon.services import DaemonInfo, Services
+from rbd.daemon.store.asyncstore import AsyncStore
+from rbd.daemon.store.sqlite import Store
+from rbd.daemon.tunables import Tunables
 from tests.conftest import Rbd
 
 
@@ -139,3 +156,94 @@ def test_abrupt_disconnects_do_not_hurt(raw: Any, rbd: Rbd) -> None:
         c.send(b'{"op": "hello", "protocol": 1}\n{"op": "status"')
         c.close()
     assert rbd.run("status").returncode == 0
+
+
+# --- a handler's bug, and a failing store, against the server in this process -------------
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path) -> AsyncIterator[tuple[Services, Callable[..., Any]]]:
+    """The daemon's server with real services, on a socket in tmp_path; and a function
+    sending one request (after hello) and returning its reply."""
+    socket_path = str(tmp_path / "rbd.sock")
+    store = AsyncStore(Store(tmp_path / "rbd.sqlite3"))
+    hub = EventHub(16)
+    shims = Shims(tmp_path / "cache")
+    async with anyio.create_task_group() as tg:
+        registry = Registry(store, hub, tg, shims)
+        benches = Benches(registry, store, hub, shims)
+        await tg.start(benches.run)
+        services = Services(
+            info=DaemonInfo(socket=socket_path),
+            store=store,
+            registry=registry,
+            hub=hub,
+            benches=benches,
+            request_shutdown=tg.cancel_scope.cancel,
+        )
+        listener = await anyio.create_unix_listener(socket_path)
+        tg.start_soon(listener.serve, Server(services, Tunables()).handle)
+
+        def exchange(message: dict[str, Any]) -> dict[str, Any]:
+            # A blocking client in a worker thread, as a script would be.
+            connection = Raw(socket_path)
+            try:
+                assert connection.ask({"op": "hello", "protocol": 1})["ok"] is True
+                return connection.ask(message)
+            finally:
+                connection.close()
+
+        async def ask(message: dict[str, Any]) -> dict[str, Any]:
+            return await anyio.to_thread.run_sync(exchange, message)
+
+        try:
+            yield services, ask
+        finally:
+            tg.cancel_scope.cancel()
+    store.sync.close()
+
+
+@pytest.mark.anyio
+async def test_a_handlers_own_bug_is_internal_and_logged_with_its_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serving(tmp_path) as (services, ask):
+
+        def find(path: str | None) -> None:
+            raise ValueError("a bug in the daemon")
+
+        monkeypatch.setattr(services.registry, "find", find)
+        with capture_logs() as logs:
+            reply = await ask({"op": "status", "id": 1, "path": "/somewhere"})
+            # The client's own mistake is no bug: answered, not logged.
+            mistake = await ask({"op": "history", "id": 2, "limit": "many"})
+        assert reply["ok"] is False and reply["id"] == 1
+        assert reply["error"] == {"code": "internal", "message": "ValueError: a bug in the daemon"}
+        assert mistake["error"]["code"] == protocol.BAD_REQUEST
+        failures = [entry for entry in logs if entry["event"] == "request_failed"]
+        assert len(failures) == 1, logs
+        # exc_info: the log file's renderer writes the traceback.
+        assert failures[0]["op"] == "status" and failures[0]["exc_info"] is True
+        assert failures[0]["log_level"] == "error"
+        # And the daemon serves on.
+        assert (await ask({"op": "status", "id": 3}))["ok"] is True
+
+
+@pytest.mark.anyio
+async def test_a_failing_store_gets_its_own_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serving(tmp_path) as (services, ask):
+
+        def history(project: str | None, limit: int) -> list[dict[str, Any]]:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(services.store.sync, "history", history)
+        with capture_logs() as logs:
+            reply = await ask({"op": "history", "id": 1, "all": True})
+        assert reply["ok"] is False
+        assert reply["error"]["code"] == protocol.STORE_ERROR == "store_error"
+        assert "disk I/O error" in reply["error"]["message"]
+        assert not [entry for entry in logs if entry["event"] == "request_failed"]
+        status = await ask({"op": "status"})
+        assert "disk I/O error" in status["daemon"]["store_error"]

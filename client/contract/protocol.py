@@ -11,6 +11,9 @@ Transport: a Unix stream socket; one UTF-8 JSON object per line, each way.
 
 A request line longer than MAX_REQUEST_BYTES gets a `too_large` error and the
 connection closed. Result keys never collide with `id`, `ok`, `error`, `event`.
+
+Each op's arguments, and the shapes of the replies and events, are typed in
+rbd.contract.schema (which the client does not import at run time).
 """
 
 from __future__ import annotations
@@ -80,6 +83,9 @@ UNAVAILABLE = "unavailable"
 # One bench at a time: two would measure each other.
 BUSY = "busy"
 CANCELLED = "cancelled"
+# The daemon's SQLite store failed (disk full, I/O error): builds go on, `rbd status` says why.
+STORE_ERROR = "store_error"
+# A bug in the daemon: logged with its traceback.
 INTERNAL = "internal"
 
 # Build outcomes and project states.

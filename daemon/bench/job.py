@@ -1,4 +1,4 @@
-"""`rbd bench` as a daemon job: one at a time, in the daemon's own task group (a client
+"""`rbd bench` as a daemon job: one at a time, in a task group of its own (a client
 that leaves does not stop it; `bench_cancel` does), with the watched project's own
 builds held meanwhile and the report stored for `rbd suggest`."""
 
@@ -6,112 +6,147 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
 import anyio
 import structlog
+from anyio.abc import TaskGroup, TaskStatus
 
 from rbd.contract import paths, protocol
+from rbd.contract.schema import BenchCancelReply, BenchReply, BenchReport
 from rbd.daemon import logsetup
 from rbd.daemon.bench.runner import Bench, Options
 from rbd.daemon.build.shim import Shims
 from rbd.daemon.errors import BenchCancelled, Busy, DaemonError, NotWatched, StoreError
 from rbd.daemon.projects import workspace as workspaces
+from rbd.daemon.projects.registry import Registry
+from rbd.daemon.rpc.events import EventHub
+from rbd.daemon.store.asyncstore import AsyncStore
 from rbd.daemon.store.sqlite import Store
-
-if TYPE_CHECKING:
-    from rbd.daemon.app import Daemon
 
 log = structlog.get_logger("bench")
 TRIGGERS_CONSIDERED = 200
 
 
 class BenchJob:
+    """One bench being run."""
+
     def __init__(self, bench: Bench, root: str) -> None:
         self.bench = bench
         self.root = root
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
-        self.report: dict[str, Any] | None = None
+        self.report: BenchReport | None = None
         self.error: DaemonError | None = None
 
 
-async def start(
-    daemon: Daemon, path: str, env: dict[str, str], options: Options, detach: bool
-) -> dict[str, Any]:
-    """Run a bench of the project at path; its report (or, detached, at once its start)."""
-    if daemon.bench is not None:
-        raise Busy(f"a bench of {daemon.bench.root} is running (rbd bench --cancel stops it)")
-    project = daemon.registry.find(path)
-    if project is None:
-        # The daemon runs cargo only in projects its user chose to watch.
-        raise NotWatched(
-            f"{path} is not inside a project rbd watches: `rbd start` it first, or "
-            "`rbd bench --foreground` runs the bench without the daemon"
-        )
-    env, overrides = project.env, project.overrides
-    workspace = await workspaces.load(project.root, env)
-    root = str(workspace.root)
-    triggers: list[list[str]] = []
-    try:
-        triggers = await daemon.store.call(
-            daemon.store.sync.recent_triggers, root, TRIGGERS_CONSIDERED
-        )
-    except StoreError as exc:
-        log.error("store_failed", error=str(exc))
+class Benches:
+    """The daemon's benches: at most one running, in the task group `run` holds open
+    (started by the daemon's main task group, so a shutdown cancels the bench)."""
 
-    def emit(event: dict[str, Any]) -> None:
-        daemon.hub.publish({"project": root, **event})
+    def __init__(self, registry: Registry, store: AsyncStore, hub: EventHub, shims: Shims) -> None:
+        self.registry = registry
+        self.store = store
+        self.hub = hub
+        self.shims = shims
+        self.running: BenchJob | None = None
+        self._tasks: TaskGroup | None = None
 
-    if daemon.bench is not None:  # another request won the race while cargo metadata ran
-        raise Busy(f"a bench of {daemon.bench.root} is running")
-    job = BenchJob(Bench(workspace, env, options, daemon.shims, emit, triggers, overrides), root)
-    daemon.bench = job
-
-    async def run() -> None:
-        scheduler = project.scheduler
-        try:
-            with job.scope:
-                scheduler.pause()
-                await scheduler.wait_idle()
-                job.report = await job.bench.run()
-            if job.report is None:
-                raise BenchCancelled("the bench was cancelled; nothing was recorded")
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Hold the benches' task group open until cancelled (`await tg.start(benches.run)`)."""
+        async with anyio.create_task_group() as tg:
+            self._tasks = tg
+            task_status.started()
             try:
-                job.report["id"] = await daemon.store.call(
-                    daemon.store.sync.record_bench, root, job.report
-                )
-            except StoreError as exc:
-                log.error("store_failed", error=str(exc))
-            emit({"event": protocol.BENCH_FINISHED, "report": job.report})
-        except DaemonError as exc:
-            job.error = exc
-            emit({"event": protocol.BENCH_FINISHED, "error": str(exc), "code": exc.code})
-        except Exception as exc:
-            log.exception("bench_failed", root=root)
-            job.error = DaemonError(f"the bench failed: {type(exc).__name__}: {exc}")
-            emit({"event": protocol.BENCH_FINISHED, "error": str(job.error)})
-        finally:
-            scheduler.resume()
-            daemon.bench = None
-            job.done.set()
+                await anyio.sleep_forever()
+            finally:
+                self._tasks = None
 
-    daemon.tasks.start_soon(run)
-    if detach:
-        return {"project": root, "started": True}
-    await job.done.wait()
-    if job.error is not None:
-        raise job.error
-    assert job.report is not None
-    return {"project": root, "report": job.report}
+    async def start(self, path: str, options: Options, detach: bool) -> BenchReply:
+        """Run a bench of the watched project at path, in the project's own environment
+        and settings; its report (or, detached, at once its start).
 
+        Raises Busy if a bench is running, NotWatched if path is in no watched
+        project, ProjectError (cargo metadata failed), BenchCancelled if cancelled
+        before it finished, or the DaemonError the bench failed with; a bug in the
+        bench is answered as a DaemonError (`internal`) once logged.
+        """
+        if self.running is not None:
+            raise Busy(f"a bench of {self.running.root} is running (rbd bench --cancel stops it)")
+        project = self.registry.find(path)
+        if project is None:
+            # The daemon runs cargo only in projects its user chose to watch.
+            raise NotWatched(
+                f"{path} is not inside a project rbd watches: `rbd start` it first, or "
+                "`rbd bench --foreground` runs the bench without the daemon"
+            )
+        env, overrides = project.env, project.overrides
+        workspace = await workspaces.load(project.root, env)
+        root = str(workspace.root)
+        triggers: list[list[str]] = []
+        try:
+            triggers = await self.store.call(
+                self.store.sync.recent_triggers, root, TRIGGERS_CONSIDERED
+            )
+        except StoreError as exc:
+            log.error("store_failed", error=str(exc))
 
-def cancel(daemon: Daemon, path: str | None) -> dict[str, Any]:
-    job = daemon.bench
-    if job is None or (path is not None and not Path(path).resolve().is_relative_to(job.root)):
-        return {"cancelled": False}
-    job.scope.cancel()
-    return {"cancelled": True, "project": job.root}
+        def emit(event: dict[str, Any]) -> None:
+            self.hub.publish({"project": root, **event})
+
+        if self.running is not None:  # another request won the race while cargo metadata ran
+            raise Busy(f"a bench of {self.running.root} is running")
+        if self._tasks is None:
+            raise DaemonError("the daemon is not running benches (it is stopping)")
+        bench = Bench(workspace, env, options, self.shims, emit, triggers, overrides)
+        job = BenchJob(bench, root)
+        self.running = job
+
+        async def run() -> None:
+            scheduler = project.scheduler
+            try:
+                with job.scope:
+                    scheduler.pause()
+                    await scheduler.wait_idle()
+                    # The runner builds the report in the shape BenchReport spells out.
+                    job.report = cast(BenchReport, await job.bench.run())
+                if job.report is None:
+                    raise BenchCancelled("the bench was cancelled; nothing was recorded")
+                try:
+                    job.report["id"] = await self.store.call(
+                        self.store.sync.record_bench, root, dict(job.report)
+                    )
+                except StoreError as exc:
+                    log.error("store_failed", error=str(exc))
+                emit({"event": protocol.BENCH_FINISHED, "report": job.report})
+            except DaemonError as exc:
+                job.error = exc
+                emit({"event": protocol.BENCH_FINISHED, "error": str(exc), "code": exc.code})
+            except Exception as exc:
+                log.exception("bench_failed", root=root)
+                job.error = DaemonError(f"the bench failed: {type(exc).__name__}: {exc}")
+                emit({"event": protocol.BENCH_FINISHED, "error": str(job.error)})
+            finally:
+                scheduler.resume()
+                self.running = None
+                job.done.set()
+
+        self._tasks.start_soon(run)
+        if detach:
+            return {"project": root, "started": True}
+        await job.done.wait()
+        if job.error is not None:
+            raise job.error
+        assert job.report is not None
+        return {"project": root, "report": job.report}
+
+    def cancel(self, path: str | None) -> BenchCancelReply:
+        """Cancel the running bench (of the project containing path, if given). Raises nothing."""
+        job = self.running
+        if job is None or (path is not None and not Path(path).resolve().is_relative_to(job.root)):
+            return {"cancelled": False}
+        job.scope.cancel()
+        return {"cancelled": True, "project": job.root}
 
 
 def run_foreground(

@@ -1,53 +1,83 @@
-"""What each request does: its arguments checked, then the daemon asked.
+"""What each request does, once rbd.daemon.rpc.requests has checked its arguments.
 
 A path in a request is canonicalized (symlinks, `..`) and must lie in a watched
 project; `start` is the one request that makes a directory one, and `history`
 also reads projects with recorded builds. So no request runs anything but what
 a watched project's own configuration names (its cargo build, cargo's checks of
 a tuning change, a bench of its configurations) and the toolchain probes.
-Arguments of the wrong type are ValueError, which the server answers as
-`bad_request`.
+
+Each handler takes the daemon's services, the client's connection and its
+validated request, and returns the reply's results. What it raises is a
+DaemonError, which the server answers with its code (StoreError: `store_error`);
+anything else is a bug, answered `internal` and logged.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
 import anyio
 
 from rbd.contract import protocol
+from rbd.contract.schema import (
+    BenchCancelReply,
+    BenchCancelRequest,
+    BenchReply,
+    BenchRequest,
+    BuildDetail,
+    BuildSummary,
+    HelloReply,
+    HistoryReply,
+    HistoryRequest,
+    ProjectStatus,
+    ShowReply,
+    ShowRequest,
+    ShutdownReply,
+    ShutdownRequest,
+    StartReply,
+    StartRequest,
+    StatusReply,
+    StatusRequest,
+    StopReply,
+    StopRequest,
+    SubscribeReply,
+    SubscribeRequest,
+    SuggestReply,
+    SuggestRequest,
+    TuneApplyReply,
+    TuneApplyRequest,
+    TuneRevertReply,
+    TuneRevertRequest,
+)
 from rbd.daemon.advice import advisor
-from rbd.daemon.bench import job as benchjob
 from rbd.daemon.bench import runner
-from rbd.daemon.errors import NotFound, NotWatched, ProjectError
+from rbd.daemon.errors import BadRequest, NotFound, NotWatched, ProjectError
+from rbd.daemon.projects.project import Project
+from rbd.daemon.rpc.connection import Connection
+from rbd.daemon.services import DaemonInfo, Services
 
-if TYPE_CHECKING:
-    from rbd.daemon.rpc.server import Connection
-
-Handler = Callable[["Connection", dict[str, Any]], Awaitable[dict[str, Any]]]
-
-# Integers the store can hold (SQLite's are 64-bit); a larger one is a bad argument,
-# not an OverflowError deep in the store.
-MIN_INT = -(1 << 63)
-MAX_INT = (1 << 63) - 1
+# The request is the TypedDict of its op (schema.REQUESTS), as requests.parse made it.
+Handler = Callable[[Services, Connection, Any], Awaitable[Mapping[str, Any]]]
 
 
-def _arg(request: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
-    value = request.get(name, default)
-    if value is None and default is None:
-        return None
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise ValueError(f"{name!r} must be {kind.__name__}")
-    if isinstance(value, int) and not MIN_INT <= value <= MAX_INT:
-        raise ValueError(f"{name!r} is out of range")
-    return value
+def hello(info: DaemonInfo) -> HelloReply:
+    return {"protocol": info.protocol, "version": info.version, "pid": info.pid}
+
+
+def _project_status(project: Project) -> ProjectStatus:
+    # Built by the project in the shape ProjectStatus spells out.
+    return cast(ProjectStatus, project.status())
 
 
 def _check_project_path(path: str) -> None:
-    """A project to build (start, bench) must be at a path this process can look at."""
+    """A project to build (start, bench) must be at a path this process can look at.
+
+    Raises ProjectError if it cannot.
+    """
     try:
         Path(path).is_dir()
     except OSError as exc:
@@ -56,64 +86,114 @@ def _check_project_path(path: str) -> None:
         raise ProjectError(f"{path} is not a usable directory: {exc.strerror}") from None
 
 
-async def _status(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    return connection.daemon.status(_arg(request, "path", str))
+def _watched(services: Services, path: str | None) -> str:
+    """The root of the watched project containing path. Raises NotWatched."""
+    project = services.registry.find(path)
+    if project is None:
+        raise NotWatched(f"{path} is not inside a project rbd watches (see `rbd status`)")
+    return project.key
 
 
-async def _start(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    path = _arg(request, "path", str)
-    if path is None:
-        raise ValueError("'path' is required")
+async def _known(services: Services, path: str | None) -> str | None:
+    """The project (watched now, or with recorded builds) containing path, if any.
+
+    Raises StoreError.
+    """
+    project = services.registry.find(path)
+    if project is not None or not path:
+        return None if project is None else project.key
+    target = Path(path).resolve()
+    known = await services.store.call(services.store.sync.known_projects)
+    inside = [root for root in known if target.is_relative_to(root)]
+    return max(inside, key=len) if inside else None
+
+
+async def _status(
+    services: Services, connection: Connection, request: StatusRequest
+) -> StatusReply:
+    """Raises nothing."""
+    path = request.get("path")
+    projects = list(services.registry.projects.values())
+    if path is not None:
+        found = services.registry.find(path)
+        projects = [found] if found is not None else []
+    info, store = services.info, services.store
+    return {
+        "daemon": {
+            "pid": info.pid,
+            "version": info.version,
+            "protocol": info.protocol,
+            "uptime_s": round(time.monotonic() - info.started, 3),
+            "socket": info.socket,
+            "log": info.log,
+            "store": str(store.sync.path),
+            "store_error": store.error,
+            # Finished builds waiting in memory for a failing store.
+            "unsaved_builds": len(store.unsaved),
+            # Dropped, oldest first, once more than MAX_UNSAVED waited.
+            "lost_builds": store.dropped,
+            "subscribers": len(services.hub),
+        },
+        "projects": [_project_status(project) for project in projects],
+    }
+
+
+async def _start(services: Services, connection: Connection, request: StartRequest) -> StartReply:
+    """Raises ProjectError (CargoMissing) for a path that is no usable Cargo project,
+    ConfigError for invalid settings or overrides, Unavailable for a build
+    configuration this machine lacks."""
+    path = request["path"]
     _check_project_path(path)
-    env = _arg(request, "env", dict, {})
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise ValueError("'env' must map strings to strings")
-    overrides = _arg(request, "overrides", dict, {})
-    project, already = await connection.daemon.registry.start(path, env, overrides)
-    return {"project": project.status(), "already": already}
+    project, already = await services.registry.start(path, request["env"], request["overrides"])
+    return {"project": _project_status(project), "already": already}
 
 
-async def _stop(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    root = connection.daemon.resolve_watched(_arg(request, "path", str))
-    await connection.daemon.registry.stop(root)
+async def _stop(services: Services, connection: Connection, request: StopRequest) -> StopReply:
+    """Raises NotWatched."""
+    root = _watched(services, request["path"])
+    await services.registry.stop(root)
     return {"root": root}
 
 
-async def _shutdown(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
+async def _shutdown(
+    services: Services, connection: Connection, request: ShutdownRequest
+) -> ShutdownReply:
+    """Raises nothing."""
     # Once the reply is sent: an idle daemon would otherwise be gone before it.
     connection.shutdown_after_reply = True
     return {"pid": os.getpid()}
 
 
-async def _history(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    limit = _arg(request, "limit", int, 20)
-    if limit < 1:
-        raise ValueError("'limit' must be at least 1")
+async def _history(
+    services: Services, connection: Connection, request: HistoryRequest
+) -> HistoryReply:
+    """Raises StoreError."""
     project = None
-    if not _arg(request, "all", bool, False):
-        project = await connection.daemon.resolve_known(_arg(request, "path", str))
-    builds = await connection.daemon.store.call(
-        connection.daemon.store.sync.history, project, limit
-    )
-    return {"project": project, "builds": builds}
+    if not request["all"]:
+        project = await _known(services, request.get("path"))
+    builds = await services.store.call(services.store.sync.history, project, request["limit"])
+    return {"project": project, "builds": cast(list[BuildSummary], builds)}
 
 
-async def _show(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    build_id = _arg(request, "build_id", int)
-    if build_id is None:
-        raise ValueError("'build_id' is required")
-    build = await connection.daemon.store.call(connection.daemon.store.sync.build, build_id)
+async def _show(services: Services, connection: Connection, request: ShowRequest) -> ShowReply:
+    """Raises NotFound, StoreError."""
+    build_id = request["build_id"]
+    build = await services.store.call(services.store.sync.build, build_id)
     if build is None:
         raise NotFound(f"no finished build with id {build_id}")
-    return {"build": build}
+    return {"build": cast(BuildDetail, build)}
 
 
-async def _subscribe(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
+async def _subscribe(
+    services: Services, connection: Connection, request: SubscribeRequest
+) -> SubscribeReply:
+    """Raises BadRequest if this connection subscribed already, NotWatched for a
+    path in no watched project."""
     if connection.subscription is not None:
-        raise ValueError("already subscribed")
-    path = _arg(request, "path", str)
-    project = connection.daemon.resolve_watched(path) if path else None
-    subscription = connection.daemon.hub.subscribe(project)
+        raise BadRequest("bad arguments: already subscribed")
+    path = request.get("path")
+    project = _watched(services, path) if path else None
+    subscription = services.hub.subscribe(project)
     connection.subscription = subscription
 
     async def forward() -> None:
@@ -134,71 +214,74 @@ async def _subscribe(connection: Connection, request: dict[str, Any]) -> dict[st
         # The hub dropped a subscriber that stopped reading, or the client left.
         connection.closing.set()
 
-    assert connection.tasks is not None
     connection.tasks.start_soon(forward)
     return {"project": project}
 
 
-async def _advised_project(
-    connection: Connection, request: dict[str, Any]
-) -> tuple[str, dict[str, str]]:
-    """The watched project a suggest/tune request is about, and its environment."""
-    project = connection.daemon.registry.find(_arg(request, "path", str))
+def _advised_project(services: Services, path: str) -> Project:
+    """The watched project a suggest/tune request is about. Raises NotWatched."""
+    project = services.registry.find(path)
     if project is None:
         # Suggestions probe the toolchain and a tuning change runs cargo's
         # check: only in a project its user chose to watch.
-        raise NotWatched(
-            f"{request.get('path')} is not inside a project rbd watches (`rbd start` it first)"
-        )
-    return project.key, project.env
+        raise NotWatched(f"{path} is not inside a project rbd watches (`rbd start` it first)")
+    return project
 
 
-async def _suggest(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    root, env = await _advised_project(connection, request)
-    return await advisor.suggestions(connection.daemon.store, root, env)
+async def _suggest(
+    services: Services, connection: Connection, request: SuggestRequest
+) -> SuggestReply:
+    """Raises NotWatched, StoreError."""
+    project = _advised_project(services, request["path"])
+    found = await advisor.suggestions(services.store, project.key, project.env)
+    return cast(SuggestReply, found)
 
 
-async def _tune_apply(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    root, env = await _advised_project(connection, request)
-    ids = _arg(request, "ids", list, [])
-    if not all(isinstance(i, str) for i in ids):
-        raise ValueError("'ids' must be a list of strings")
-    dry_run = _arg(request, "dry_run", bool, False)
-    return await advisor.apply(connection.daemon.store, root, env, ids, dry_run)
+async def _tune_apply(
+    services: Services, connection: Connection, request: TuneApplyRequest
+) -> TuneApplyReply:
+    """Raises NotWatched, NotFound (no such current suggestion), ConfigError (a
+    change to make by hand, or TuneRejected: one cargo refuses), StoreError."""
+    project = _advised_project(services, request["path"])
+    applied = await advisor.apply(
+        services.store, project.key, project.env, request["ids"], request["dry_run"]
+    )
+    return cast(TuneApplyReply, applied)
 
 
-async def _tune_revert(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    root, _ = await _advised_project(connection, request)
-    tune_id = _arg(request, "tune_id", int)
-    force = _arg(request, "force", bool, False)
-    return await advisor.revert(connection.daemon.store, root, tune_id, force)
+async def _tune_revert(
+    services: Services, connection: Connection, request: TuneRevertRequest
+) -> TuneRevertReply:
+    """Raises NotWatched, NotFound (no such tune, or reverted already),
+    TuneConflict (a tuned file changed since), StoreError."""
+    project = _advised_project(services, request["path"])
+    reverted = await advisor.revert(
+        services.store, project.key, request.get("tune_id"), request["force"]
+    )
+    return cast(TuneRevertReply, reverted)
 
 
-async def _bench(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    path = _arg(request, "path", str)
-    if path is None or not path.startswith("/"):
-        raise ValueError("'path' must be an absolute path")
+async def _bench(services: Services, connection: Connection, request: BenchRequest) -> BenchReply:
+    """Raises ProjectError for a path that is no usable directory, ConfigError for
+    options out of range, and what Benches.start raises."""
+    path = request["path"]
     _check_project_path(path)
-    names = _arg(request, "configs", list)
-    modes = _arg(request, "modes", list, list(runner.MODES))
-    if not all(isinstance(n, str) for n in [*(names or []), *modes]):
-        raise ValueError("'configs' and 'modes' must be lists of strings")
-    env = _arg(request, "env", dict, {})
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise ValueError("'env' must map strings to strings")
+    configs = request.get("configs")
     options = runner.Options(
-        configs=tuple(names) if names is not None else None,
-        runs=_arg(request, "runs", int, 6),
-        warmup=_arg(request, "warmup", int, 2),
-        modes=tuple(modes),
-        edit=_arg(request, "edit", str),
+        configs=tuple(configs) if configs is not None else None,
+        runs=request["runs"],
+        warmup=request["warmup"],
+        modes=tuple(request["modes"]),
+        edit=request.get("edit"),
     ).check()
-    detach = _arg(request, "detach", bool, False)
-    return await benchjob.start(connection.daemon, path, env, options, detach)
+    return await services.benches.start(path, options, request["detach"])
 
 
-async def _bench_cancel(connection: Connection, request: dict[str, Any]) -> dict[str, Any]:
-    return benchjob.cancel(connection.daemon, _arg(request, "path", str))
+async def _bench_cancel(
+    services: Services, connection: Connection, request: BenchCancelRequest
+) -> BenchCancelReply:
+    """Raises nothing."""
+    return services.benches.cancel(request.get("path"))
 
 
 HANDLERS: dict[str, Handler] = {

@@ -1,0 +1,562 @@
+"""The wire schema, typed once: each op's arguments, and the replies and events the daemon sends.
+
+Two views of the same requests live here, side by side and held to each other by
+tests/test_schema.py:
+
+- the TypedDicts (`StartRequest` ...), for type checkers: what a handler receives
+  once its request is validated (every argument with a default then present);
+- ARGS, the table a program reads: each op's arguments with their kind, whether
+  they are required, and their default. The daemon's validator
+  (rbd.daemon.rpc.requests) checks every request against it; the fuzz test draws
+  its arguments from it; a test holds README's op table to it.
+
+The replies and events are typed as precisely as is practical: the nested shapes
+rbd builds in one place (a build summary, a project's status) are spelled out;
+those that grow with rbd's rules or measurements (a suggestion's `change`, the
+probed environment) stay `dict[str, Any]`.
+
+Only the daemon and type checkers import this module at run time: the client's
+start path must not pay for `typing` (it names these types under TYPE_CHECKING).
+"""
+
+# No `from __future__ import annotations`: Python 3.11's TypedDict tells required
+# keys from NotRequired ones only in annotations it evaluates.
+from dataclasses import dataclass
+from typing import Any, Literal, NotRequired, TypedDict
+
+from rbd.contract import protocol
+
+# --- requests ---------------------------------------------------------------------------
+
+# How an argument is checked (rbd.daemon.rpc.requests):
+#   str       a string
+#   path      a string the OS can take as a file name (no NUL, encodable)
+#   abs_path  a path that starts with "/"
+#   int       an integer within SQLite's 64 bits (true and false are not integers)
+#   bool      true or false
+#   str_list  a list of strings
+#   env       an environment: an object of strings, each name non-empty and free of "="
+#   object    any JSON object (checked further by whoever reads it)
+Kind = Literal["str", "path", "abs_path", "int", "bool", "str_list", "env", "object"]
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of an op. An optional argument that is absent, or null when its
+    default is None, takes its default; a required one absent or null is a bad request."""
+
+    kind: Kind
+    required: bool = False
+    default: Any = None
+
+
+ARGS: dict[str, dict[str, Arg]] = {
+    # Answered by the server itself (any other value is `protocol_mismatch`).
+    protocol.HELLO: {"protocol": Arg("int", required=True)},
+    protocol.STATUS: {"path": Arg("path")},
+    protocol.START: {
+        "path": Arg("path", required=True),
+        "env": Arg("env", default={}),
+        "overrides": Arg("object", default={}),
+    },
+    protocol.STOP: {"path": Arg("path", required=True)},
+    protocol.SHUTDOWN: {},
+    protocol.HISTORY: {
+        "path": Arg("path"),
+        "all": Arg("bool", default=False),
+        "limit": Arg("int", default=20),
+    },
+    protocol.SHOW: {"build_id": Arg("int", required=True)},
+    protocol.SUBSCRIBE: {"path": Arg("path")},
+    protocol.SUGGEST: {"path": Arg("path", required=True)},
+    protocol.TUNE_APPLY: {
+        "path": Arg("path", required=True),
+        "ids": Arg("str_list", required=True),
+        "dry_run": Arg("bool", default=False),
+    },
+    protocol.TUNE_REVERT: {
+        "path": Arg("path", required=True),
+        "tune_id": Arg("int"),
+        "force": Arg("bool", default=False),
+    },
+    protocol.BENCH: {
+        "path": Arg("abs_path", required=True),
+        "configs": Arg("str_list"),
+        "runs": Arg("int", default=6),
+        "warmup": Arg("int", default=2),
+        "modes": Arg("str_list", default=["clean", "incremental"]),
+        "edit": Arg("path"),
+        "detach": Arg("bool", default=False),
+    },
+    protocol.BENCH_CANCEL: {"path": Arg("path")},
+}
+
+
+class HelloRequest(TypedDict):
+    protocol: int
+
+
+class StatusRequest(TypedDict):
+    # Only the project containing it; all of them if absent.
+    path: NotRequired[str | None]
+
+
+class StartRequest(TypedDict):
+    path: str
+    env: NotRequired[dict[str, str]]
+    # rbd start's options (command, settle_ms, timeout_s, build_config, args).
+    overrides: NotRequired[dict[str, Any]]
+
+
+class StopRequest(TypedDict):
+    path: str
+
+
+class ShutdownRequest(TypedDict):
+    pass
+
+
+class HistoryRequest(TypedDict):
+    path: NotRequired[str | None]
+    all: NotRequired[bool]
+    limit: NotRequired[int]
+
+
+class ShowRequest(TypedDict):
+    build_id: int
+
+
+class SubscribeRequest(TypedDict):
+    path: NotRequired[str | None]
+
+
+class SuggestRequest(TypedDict):
+    path: str
+
+
+class TuneApplyRequest(TypedDict):
+    path: str
+    ids: list[str]
+    dry_run: NotRequired[bool]
+
+
+class TuneRevertRequest(TypedDict):
+    path: str
+    # The latest tune if absent.
+    tune_id: NotRequired[int | None]
+    force: NotRequired[bool]
+
+
+class BenchRequest(TypedDict):
+    path: str
+    # All configurations if absent.
+    configs: NotRequired[list[str] | None]
+    runs: NotRequired[int]
+    warmup: NotRequired[int]
+    modes: NotRequired[list[str]]
+    edit: NotRequired[str | None]
+    detach: NotRequired[bool]
+
+
+class BenchCancelRequest(TypedDict):
+    # Any running bench if absent.
+    path: NotRequired[str | None]
+
+
+REQUESTS: dict[str, type] = {
+    protocol.HELLO: HelloRequest,
+    protocol.STATUS: StatusRequest,
+    protocol.START: StartRequest,
+    protocol.STOP: StopRequest,
+    protocol.SHUTDOWN: ShutdownRequest,
+    protocol.HISTORY: HistoryRequest,
+    protocol.SHOW: ShowRequest,
+    protocol.SUBSCRIBE: SubscribeRequest,
+    protocol.SUGGEST: SuggestRequest,
+    protocol.TUNE_APPLY: TuneApplyRequest,
+    protocol.TUNE_REVERT: TuneRevertRequest,
+    protocol.BENCH: BenchRequest,
+    protocol.BENCH_CANCEL: BenchCancelRequest,
+}
+
+Request = (
+    HelloRequest
+    | StatusRequest
+    | StartRequest
+    | StopRequest
+    | ShutdownRequest
+    | HistoryRequest
+    | ShowRequest
+    | SubscribeRequest
+    | SuggestRequest
+    | TuneApplyRequest
+    | TuneRevertRequest
+    | BenchRequest
+    | BenchCancelRequest
+)
+
+# --- shared shapes ----------------------------------------------------------------------
+
+Outcome = Literal["success", "failure", "cancelled", "interrupted", "timeout"]
+State = Literal["idle", "settling", "waiting", "building", "paused", "gone"]
+ErrorCode = Literal[
+    "bad_request",
+    "unknown_op",
+    "hello_required",
+    "protocol_mismatch",
+    "too_large",
+    "forbidden",
+    "not_found",
+    "not_watched",
+    "no_project",
+    "cargo_missing",
+    "bad_config",
+    "conflict",
+    "unavailable",
+    "busy",
+    "cancelled",
+    "store_error",
+    "internal",
+]
+
+
+class Phases(TypedDict):
+    """Where a build's wall time went (protocol.PHASE_KEYS); null where not measured."""
+
+    overhead_s: float | None
+    compile_s: float | None
+    frontend_s: float | None
+    codegen_s: float | None
+    link_s: float | None
+    build_script_s: float | None
+    lock_wait_s: float | None
+    other_s: float | None
+
+
+class BuildSummary(TypedDict):
+    """A finished build, as `history --json` prints it."""
+
+    id: int | None
+    project: str
+    started_at: str
+    trigger: list[str]
+    command: list[str]
+    config: str
+    outcome: Outcome | None
+    wall_s: float | None
+    settle_s: float | None
+    errors: int | None
+    warnings: int | None
+    units_rebuilt: int | None
+    units_fresh: int | None
+    linker: str | None
+    rustc_wrapper: str | None
+    phases: Phases
+
+
+class Unit(TypedDict):
+    """One compilation unit cargo ran, as measured."""
+
+    name: str
+    target: str
+    kind: str
+    fresh: bool
+    start_s: float | None
+    compile_s: float | None
+    frontend_s: float | None
+    codegen_s: float | None
+    link_s: float | None
+    build_script_s: float | None
+    total_s: float | None
+    dirty_reason: str | None
+    critical_path: bool
+
+
+class BuildDetail(BuildSummary):
+    """One build in full, as `show --json` prints it."""
+
+    first_error: str | None
+    diagnostics: str
+    units: list[Unit]
+
+
+class ProjectStatus(TypedDict):
+    root: str
+    state: State
+    # The project's settings (command, settle_ms, timeout_s, build_config, args).
+    config: dict[str, Any]
+    command: list[str]
+    artifacts: str
+    # The running build (its id, start, trigger, command, progress), if any.
+    current: dict[str, Any] | None
+    last_build: BuildSummary | None
+    env: dict[str, str]
+    watches: int
+    polling: bool
+    target_dir: str
+    problem: str | None
+
+
+class DaemonStatus(TypedDict):
+    pid: int
+    version: str
+    protocol: int
+    uptime_s: float
+    socket: str
+    log: str
+    store: str
+    store_error: str | None
+    # Finished builds waiting in memory for a failing store.
+    unsaved_builds: int
+    # Dropped, oldest first, once more than the store's MAX_UNSAVED waited.
+    lost_builds: int
+    subscribers: int
+
+
+class Expected(TypedDict):
+    saves_s: float
+    source: str
+    basis: str
+
+
+class Suggestion(TypedDict):
+    id: str
+    title: str
+    evidence: str
+    # The edit to the cargo config (or a change to make by hand: `manual`, `file`).
+    change: dict[str, Any]
+    expected: Expected
+    tradeoffs: str
+    needs_nightly: bool
+    full_rebuild: bool
+
+
+class Withdrawn(TypedDict):
+    id: str
+    reason: str
+
+
+class BenchRef(TypedDict):
+    id: int
+    at: str | None
+
+
+class TunedFile(TypedDict):
+    path: str
+    created: bool
+    diff: str
+
+
+class BenchEdit(TypedDict):
+    file: str
+    kind: str
+
+
+class BenchReport(TypedDict):
+    """`rbd bench --json`, plus `id` once stored."""
+
+    project: str
+    runs: int
+    warmup: int
+    started_at: str
+    finished_at: str
+    edit: BenchEdit | None
+    baseline: str
+    # Per configuration and mode: mean_s, stddev_s, min_s, median_s, delta_s, delta_pct,
+    # noisy, phases, runs_s, available, reason.
+    results: list[dict[str, Any]]
+    id: NotRequired[int | None]
+
+
+# --- replies (the results; the server adds `id` and `ok`) ---------------------------------
+
+
+class HelloReply(TypedDict):
+    protocol: int
+    version: str
+    pid: int
+
+
+class StatusReply(TypedDict):
+    daemon: DaemonStatus
+    projects: list[ProjectStatus]
+
+
+class StartReply(TypedDict):
+    project: ProjectStatus
+    already: bool
+
+
+class StopReply(TypedDict):
+    root: str
+
+
+class ShutdownReply(TypedDict):
+    pid: int
+
+
+class HistoryReply(TypedDict):
+    project: str | None
+    builds: list[BuildSummary]
+
+
+class ShowReply(TypedDict):
+    build: BuildDetail
+
+
+class SubscribeReply(TypedDict):
+    project: str | None
+
+
+class SuggestReply(TypedDict):
+    project: str
+    # What the probes found (toolchain, linkers, cores...).
+    environment: dict[str, Any]
+    builds_considered: int
+    suggestions: list[Suggestion]
+    withdrawn: list[Withdrawn]
+    bench: BenchRef | None
+    hint: str | None
+
+
+class TuneApplyReply(TypedDict):
+    project: str
+    tune_id: int | None
+    applied: list[str]
+    dry_run: bool
+    full_rebuild: bool
+    files: list[TunedFile]
+
+
+class TuneRevertReply(TypedDict):
+    project: str
+    tune_id: int
+    suggestions: list[str]
+    files: list[str]
+
+
+class BenchReply(TypedDict):
+    project: str
+    # When the bench ends; absent when detached.
+    report: NotRequired[BenchReport]
+    # Detached: at once.
+    started: NotRequired[bool]
+
+
+class BenchCancelReply(TypedDict):
+    cancelled: bool
+    project: NotRequired[str]
+
+
+Reply = (
+    HelloReply
+    | StatusReply
+    | StartReply
+    | StopReply
+    | ShutdownReply
+    | HistoryReply
+    | ShowReply
+    | SubscribeReply
+    | SuggestReply
+    | TuneApplyReply
+    | TuneRevertReply
+    | BenchReply
+    | BenchCancelReply
+)
+
+
+class ErrorDetail(TypedDict):
+    code: ErrorCode
+    message: str
+
+
+# --- events (after `subscribe`) -----------------------------------------------------------
+
+
+class BuildStarted(TypedDict):
+    event: Literal["build_started"]
+    project: str
+    build_id: int | None
+    trigger: list[str]
+    command: list[str]
+    started_at: str
+    settle_s: float | None
+    # Wall-clock time cargo was spawned (seconds since the epoch).
+    spawned_at: float
+
+
+class BuildProgress(TypedDict):
+    """cargo's own unit counts."""
+
+    event: Literal["build_progress"]
+    project: str
+    build_id: int | None
+    done: int
+    total: int | None
+    active: list[str]
+    elapsed_s: float
+
+
+class UnitFinished(Unit):
+    event: Literal["unit_finished"]
+    project: str
+    build_id: int | None
+    # From cargo's "Compiling" line to its artifact.
+    duration_s: float | None
+
+
+class BuildFinished(TypedDict):
+    event: Literal["build_finished"]
+    project: str
+    build_id: int | None
+    build: BuildSummary
+    units: list[Unit]
+    first_error: str | None
+
+
+class ProjectState(TypedDict):
+    event: Literal["project_state"]
+    project: str
+    state: State
+
+
+class BenchStarted(TypedDict):
+    event: Literal["bench_started"]
+    project: str
+    configs: list[str]
+    modes: list[str]
+    runs: int
+    warmup: int
+    total: int
+
+
+class BenchProgress(TypedDict):
+    event: Literal["bench_progress"]
+    project: str
+    config: str
+    mode: str
+    counted: bool
+    outcome: Outcome
+    wall_s: float
+    done: int
+    total: int
+
+
+class BenchFinished(TypedDict):
+    event: Literal["bench_finished"]
+    project: str
+    report: NotRequired[BenchReport]
+    error: NotRequired[str]
+    code: NotRequired[ErrorCode]
+
+
+Event = (
+    BuildStarted
+    | BuildProgress
+    | UnitFinished
+    | BuildFinished
+    | ProjectState
+    | BenchStarted
+    | BenchProgress
+    | BenchFinished
+)
