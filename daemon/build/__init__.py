@@ -1,1 +1,2 @@
-"""Building: one cargo run in its own process group, the configurations it is run with, and where its time went."""
+"""Building: one cargo run in its own process group, the configurations it runs with,
+and where its time went."""
