@@ -15,13 +15,15 @@ import anyio.to_thread
 import structlog
 
 from rbd.daemon.advice import evidence, probe, rules, tune
-from rbd.daemon.errors import ConfigError, NotFound, TuneConflict
+from rbd.daemon.errors import BadRequest, ConfigError, NotFound, TuneConflict
 from rbd.daemon.store.asyncstore import AsyncStore
 
 log = structlog.get_logger("advisor")
 
 
 async def context(store: AsyncStore, root: str, env: dict[str, str]) -> rules.Context:
+    """What the rules argue from: the project's recent builds, their units, the toolchain.
+    Raises StoreError (the probe itself never raises)."""
     builds = await store.call(store.sync.history, root, rules.WINDOW)
     units = await store.call(store.sync.units_of, [int(b["id"]) for b in builds])
     environment = await probe.probe(Path(root), env)
@@ -29,6 +31,7 @@ async def context(store: AsyncStore, root: str, env: dict[str, str]) -> rules.Co
 
 
 async def suggestions(store: AsyncStore, root: str, env: dict[str, str]) -> dict[str, Any]:
+    """The `suggest` reply for a watched project. Raises StoreError."""
     ctx = await context(store, root, env)
     found, hint = rules.suggest(ctx)
     bench = await store.call(store.sync.latest_bench, root)
@@ -47,9 +50,14 @@ async def suggestions(store: AsyncStore, root: str, env: dict[str, str]) -> dict
 async def apply(
     store: AsyncStore, root: str, env: dict[str, str], ids: list[str], dry_run: bool
 ) -> dict[str, Any]:
-    """Write the changes of the named current suggestions (all or none)."""
+    """Write the changes of the named current suggestions (all or none).
+
+    Raises BadRequest for no ids, NotFound for an id that is not a current suggestion,
+    ConfigError for a change to make by hand, TuneRejected (a ConfigError) when cargo
+    refuses the change (the files are rolled back), StoreError.
+    """
     if not ids:
-        raise ValueError("name at least one suggestion id (see `rbd suggest`)")
+        raise BadRequest("name at least one suggestion id (see `rbd suggest`)")
     current = await suggestions(store, root, env)
     by_id = {s["id"]: s for s in current["suggestions"]}
     for wanted in ids:
@@ -88,7 +96,11 @@ def _current(path: Path) -> bytes | None:
 
 
 async def revert(store: AsyncStore, root: str, tune_id: int | None, force: bool) -> dict[str, Any]:
-    """Restore the files of a tune (the latest one by default) as they were before it."""
+    """Restore the files of a tune (the latest one by default) as they were before it.
+
+    Raises NotFound for no such (unreverted) tune, TuneConflict when a file changed
+    since and not force, StoreError.
+    """
     record = await store.call(store.sync.tune, root, tune_id)
     if record is None:
         which = "no applied tune" if tune_id is None else f"no tune #{tune_id}"

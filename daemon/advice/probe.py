@@ -1,6 +1,6 @@
 """What toolchain builds a project, and with which effective settings.
 
-`rbd suggest` must measure the machine rather than assume it (DESIGN.md): which
+`rbd suggest` must measure the machine rather than assume it: which
 rustc links with rust-lld by default, whether mold or a nightly with cranelift
 exists, how much debuginfo the dev profile really asks for, and whether
 rust-analyzer shares the target dir. This module gathers those facts as one

@@ -11,11 +11,11 @@ daemon.advice.tune applies; `manual` ones are for the user to make.
 
 The estimates' sources (README.md lists them too):
 - debuginfo: line-tables-only took a one-line-edit rebuild of a small
-  hyper/tokio/serde app from 1.22 s to 0.42 s (rustc 1.95, 2 cores,
-  DESIGN.md): about 65% of codegen + link.
+  hyper/tokio/serde app from 1.22 s to 0.42 s (rustc 1.95, 2 cores, the
+  team's design notes): about 65% of codegen + link.
 - GNU ld is about 1.5x slower than rust-lld there: a third of link time.
-- cranelift: "incremental ... around 75% reduction" with mold (the leptos
-  article in the seeds); taken as half of codegen alone.
+- cranelift: "incremental ... around 75% reduction" with mold (a published
+  account of a Leptos app's compile times); taken as half of codegen alone.
 """
 
 from __future__ import annotations

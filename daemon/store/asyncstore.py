@@ -53,6 +53,9 @@ class AsyncStore:
         self._flushing = anyio.Lock()
 
     async def call(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """method(*args, **kwargs) of the store, in its worker thread. Raises StoreError
+        for any sqlite3.Error (and remembers it as the store's error)."""
+
         def run() -> T:
             return method(*args, **kwargs)
 
@@ -64,7 +67,8 @@ class AsyncStore:
         return result
 
     async def write(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """A call that changes the store: its success means the store works again."""
+        """A call that changes the store: its success means the store works again.
+        Raises StoreError."""
         result = await self.call(method, *args, **kwargs)
         self.error = None
         return result

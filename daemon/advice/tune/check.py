@@ -75,6 +75,12 @@ async def cargo_error(
 async def apply(
     root: Path, env: dict[str, str], changes: list[Change], dry_run: bool = False
 ) -> list[FileEdit]:
+    """Write changes into root's files, then have cargo check them; the edits made.
+
+    Raises ConfigError for a file that cannot be edited (not TOML, a key of the wrong
+    kind), CargoMissing, TuneRejected when cargo refuses the result (every file is
+    restored first). dry_run plans and diffs without writing.
+    """
     edits = await anyio.to_thread.run_sync(plan, root, changes)
     if dry_run or not edits:
         return edits
