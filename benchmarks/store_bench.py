@@ -6,7 +6,7 @@ Run from the repository root after `.ci/setup`:
     .venv/bin/python benchmarks/store_bench.py [--quick] [--write]
 
 It fills a store at the path a private daemon (XDG dirs in a temp dir) will open with
-builds of one tiny crate, recorded through daemon.store.Store as the daemon records them,
+builds of one tiny crate, recorded through rbd.daemon.store.sqlite.Store as the daemon records them,
 then starts that daemon on the crate, so it never touches a daemon you run. Client runs
 are interleaved with `python -c pass`; medians and ratios are printed, and `--write`
 appends them to benchmarks/RESULTS.md. `--quick` uses tiny sizes (a few seconds).

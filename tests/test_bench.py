@@ -271,3 +271,48 @@ def test_the_daemon_benches_only_watched_projects(rbd: Rbd, tmp_path: Path) -> N
         rbd, other, "--incremental", "--configs", "default", "--runs", "1", "--warmup", "0"
     )
     assert report["project"] == str(other) and report["results"][0]["median_s"] > 0
+
+
+def test_the_bench_never_writes_through_a_symlink(rbd: Rbd, tmp_path: Path) -> None:
+    """The edited file and a manifest are links to files outside the project: the bench
+    edits and rewrites its own copies of them, and the files the links lead to keep
+    their bytes."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    real_main = outside / "main.rs"
+    real_main.write_text('fn main() {\n    println!("outside");\n}\n')
+    crate = make_crate(tmp_path / "demo", files={"lib/Cargo.toml": "", "lib/src/lib.rs": ""})
+    real_manifest = outside / "Cargo.toml"
+    # A path dependency outside the project: the bench rewrites the copied manifest.
+    real_manifest.write_text(
+        '[package]\nname = "lib"\nversion = "0.1.0"\nedition = "2021"\n\n'
+        f'[dependencies]\nfar = {{ path = "{tmp_path / "far"}" }}\n'
+    )
+    make_crate(tmp_path / "far", name="far", files={"src/lib.rs": "pub fn f() {}\n"})
+    (tmp_path / "far" / "src" / "main.rs").unlink()
+    (crate / "lib" / "Cargo.toml").unlink()
+    (crate / "lib" / "Cargo.toml").symlink_to(real_manifest)
+    (crate / "Cargo.toml").write_text(
+        '[package]\nname = "demo"\nversion = "0.1.0"\nedition = "2021"\n\n'
+        '[dependencies]\nlib = { path = "lib" }\n'
+    )
+    main = crate / "src" / "main.rs"
+    main.unlink()
+    main.symlink_to(real_main)
+    events = started(rbd, crate)
+    assert events.finished()["outcome"] == "success"
+    # A save that replaces the link records src/main.rs as the trigger, which makes it
+    # the file the bench edits.
+    real_main.write_text('fn main() {\n    println!("saved");\n}\n')
+    (crate / "src" / "new-link").symlink_to(real_main)
+    (crate / "src" / "new-link").replace(main)
+    assert events.finished()["trigger"] == ["src/main.rs"]
+    before = {p: p.read_bytes() for p in (real_main, real_manifest)}
+
+    report = bench_json(rbd, crate, "--incremental", "--configs", "default", "--runs", "1")
+
+    assert report["edit"]["file"] == "src/main.rs"
+    (row,) = report["results"]
+    assert row["available"] and len(row["runs_s"]) == 1
+    assert {p: p.read_bytes() for p in before} == before
+    assert main.is_symlink() and (crate / "lib" / "Cargo.toml").is_symlink()

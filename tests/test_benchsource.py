@@ -1,4 +1,4 @@
-"""The bench's copy of a workspace, and the edits it makes (daemon.benchsource)."""
+"""The bench's copy of a workspace, and the edits it makes (rbd.daemon.bench.source)."""
 
 from __future__ import annotations
 
@@ -179,3 +179,28 @@ def test_broken_manifest_is_copied_as_it_is(tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     source.copy_workspace(root, root / "target", copy)
     assert (copy / "Cargo.toml").read_text() == "[package\n"
+
+
+def test_own_file_replaces_every_link_on_the_way(tmp_path: Path) -> None:
+    """A linked source dir and a linked file in the copy: what the bench writes lands in
+    the copy, and what the links lead to keeps its bytes."""
+    outside = tmp_path / "outside"
+    (outside / "src").mkdir(parents=True)
+    (outside / "src" / "main.rs").write_text("fn main() {}\n")
+    (outside / "Cargo.toml").write_text('[package]\nname = "x"\n')
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "src").symlink_to(outside / "src")
+    (root / "Cargo.toml").symlink_to(outside / "Cargo.toml")
+    copy = tmp_path / "copy"
+    source.copy_workspace(root, root / "target", copy)
+    assert (copy / "src").is_symlink()
+
+    edited = source.own_file(copy, Path("src/main.rs"))
+    source.write_own(edited, "fn main() { /* rbd bench */ }\n")
+    source.write_own(copy / "Cargo.toml", '[package]\nname = "y"\n')
+
+    assert (outside / "src" / "main.rs").read_text() == "fn main() {}\n"
+    assert (outside / "Cargo.toml").read_text() == '[package]\nname = "x"\n'
+    assert not (copy / "src").is_symlink() and not edited.is_symlink()
+    assert edited.read_text() == "fn main() { /* rbd bench */ }\n"

@@ -1,4 +1,4 @@
-"""Bench results as suggestion evidence (daemon.evidence)."""
+"""Bench results as suggestion evidence (rbd.daemon.advice.evidence)."""
 
 from __future__ import annotations
 

@@ -126,6 +126,8 @@ class Bench:
             source.copy_workspace, root, workspace.target_dir, copy
         )
         log.info("bench_copy", root=str(root), copy=str(copy), files=files)
+        if edit_file is not None:
+            await anyio.to_thread.run_sync(source.own_file, copy, edit_file)
         original = (copy / edit_file).read_text() if edit_file else ""
         edit = source.plan_edit(original)
         # Announced once the copy is made: what the bench measures is the sources as of now.
@@ -251,7 +253,7 @@ class _Runner:
 
     def _write(self, path: Path, original: str, edit: source.Edit) -> None:
         self.edits += 1
-        path.write_text(edit.apply(original, self.edits))
+        source.write_own(path, edit.apply(original, self.edits))
 
     async def clean(self, config: configurations.BuildConfig) -> None:
         assert config.target_dir is not None

@@ -8,6 +8,12 @@ place: their relative paths in the copied manifests become absolute.
 The copy is made with fresh mtimes. cargo decides freshness by mtime, and a copy
 keeping the originals' mtimes would look older than what a previous bench built from
 its own edits, so cargo could take an edited crate's artifacts for fresh.
+
+The copy keeps the project's symlinks as links (a link to a large or shared tree is
+not duplicated). So every file the bench writes in it — the edited source, a copied
+manifest — is first made the copy's own (`own_file`): each link on its way is
+replaced by a copy of what it points to, and the write itself does not follow a
+link. Writing through a link would edit the user's real file.
 """
 
 from __future__ import annotations
@@ -84,8 +90,35 @@ def _absolute_outside_paths(manifest: Path, original_dir: Path, root: Path) -> i
                 dep["path"] = str(target)
                 changed += 1
     if changed:
-        manifest.write_text(tomlkit.dumps(doc))
+        write_own(manifest, tomlkit.dumps(doc))
     return changed
+
+
+def own_file(copy: Path, relative: Path) -> Path:
+    """copy / relative, with every symlink on its way (the file's own included) replaced
+    by a copy of what it points to: a write there then lands in the bench's copy, never in
+    the file a link leads to. relative must not leave copy (no `..`)."""
+    path = copy
+    for part in relative.parts:
+        path = path / part
+        if not path.is_symlink():
+            continue
+        target = path.resolve(strict=True)
+        path.unlink()
+        if target.is_dir():
+            shutil.copytree(target, path, symlinks=True, copy_function=shutil.copyfile)
+        else:
+            shutil.copyfile(target, path)
+    return path
+
+
+def write_own(path: Path, text: str) -> None:
+    """Write text to path, replacing a symlink there rather than writing through it."""
+    if path.is_symlink():
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _dependency_tables(doc: Any) -> list[dict[str, Any]]:
