@@ -97,3 +97,31 @@ def test_advice_and_tuning_need_a_watched_project(rbd: Rbd, tmp_path: Path) -> N
     # History still reads it.
     assert json.loads(rbd.ok("history", "--json", cwd=crate))
     assert (crate / "Cargo.toml").read_text() == MANIFEST
+
+
+def test_tune_writes_through_a_link_only_inside_the_project(rbd: Rbd, tmp_path: Path) -> None:
+    """A linked Cargo.toml: followed (and named in the diff) where it leads inside the
+    project; refused in one line, with nothing written, where it leads outside."""
+    crate = rebuilt_three_times(rbd, tmp_path)
+    manifest = crate / "Cargo.toml"
+    inside = crate / "conf" / "Cargo.toml"
+    inside.parent.mkdir()
+    manifest.replace(inside)
+    manifest.symlink_to(Path("conf") / "Cargo.toml")
+
+    applied = rbd.ok("tune", "apply", "debuginfo-line-tables", cwd=crate)
+    assert "Cargo.toml -> conf/Cargo.toml" in applied
+    assert manifest.is_symlink() and 'debug = "line-tables-only"' in inside.read_text()
+    rbd.ok("tune", "revert", cwd=crate)
+    assert manifest.is_symlink() and inside.read_bytes() == MANIFEST.encode()
+
+    outside = tmp_path / "elsewhere" / "Cargo.toml"
+    outside.parent.mkdir()
+    inside.replace(outside)
+    manifest.unlink()
+    manifest.symlink_to(outside)
+    refused = rbd.run("tune", "apply", "debuginfo-line-tables", cwd=crate)
+    assert refused.returncode == 1
+    [line] = refused.stderr.splitlines()
+    assert "outside the project" in line and str(outside) in line
+    assert outside.read_bytes() == MANIFEST.encode() and manifest.is_symlink()

@@ -2,7 +2,10 @@
 atomically, and restored byte for byte.
 
 A write goes to a temporary file beside the target, fsynced, then renamed over it: a
-crash or a full disk leaves the old content or the new, never part of either. The bytes
+crash or a full disk leaves the old content or the new, never part of either. A file
+that is a symlink (or lies under a linked directory) is written where the link leads,
+and the link stays a link, but only where that is inside the project: a tune never
+writes outside the project it was asked for, and its diff names the file it writes. The bytes
 from before each edit are kept (the store keeps them with the tune), so a revert restores
 them exactly, and refuses, unless forced, to overwrite a file changed since.
 """
@@ -53,6 +56,7 @@ def plan(root: Path, changes: list[Change]) -> list[FileEdit]:
                 "instead of .cargo/config.toml: rename it to config.toml first"
             )
         path = root / file
+        shown = _inside(root, file)
         before = path.read_bytes() if path.exists() else None
         try:
             text = (before or b"").decode()
@@ -60,8 +64,24 @@ def plan(root: Path, changes: list[Change]) -> list[FileEdit]:
         except (UnicodeDecodeError, ConfigError) as exc:
             raise ConfigError(f"{file}: {exc}") from exc
         if after.encode() != (before or b""):
-            edits.append(FileEdit(path, before, after.encode(), _diff(file, text, after)))
+            edits.append(FileEdit(path, before, after.encode(), _diff(shown, text, after)))
     return edits
+
+
+def _inside(root: Path, file: str) -> str:
+    """How the diff names file: as it is, or, where links lead elsewhere in the project,
+    `FILE -> WHERE IT LEADS`. Raises ConfigError where they lead outside the project."""
+    real_root = Path(os.path.realpath(root))
+    real = Path(os.path.realpath(root / file))
+    if not real.is_relative_to(real_root):
+        raise ConfigError(
+            f"{file} is a link to {real}, outside the project: rbd tune writes only inside "
+            f"{root}; make the change in {real} by hand (`rbd suggest` shows it) or replace "
+            "the link with a file"
+        )
+    if real == real_root / file:
+        return file
+    return f"{file} -> {real.relative_to(real_root)}"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
