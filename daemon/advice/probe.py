@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import anyio.to_thread
 import structlog
 
 from rbd.daemon.build import cargo_config
+from rbd.daemon.projects import tomlfile
 
 log = structlog.get_logger("probe")
 
@@ -106,11 +106,22 @@ def strip_jsonc(text: str) -> str:
     return _JSONC.sub(lambda m: m[0] if m[0].startswith('"') else "", text)
 
 
-def _read(path: Path, parse: Callable[[str], Any]) -> Any:
-    """A file's parsed contents; None when it is absent or (with a warning) unreadable:
-    a broken file is the tool's own to report, a probe just knows less."""
+def _jsonc(text: str) -> Any:
+    return json.loads(strip_jsonc(text))
+
+
+def _read(path: Path, parse: Callable[[str], Any] | None = None) -> Any:
+    """A file's parsed contents (TOML, or else by parse); None when it is absent or (with
+    a warning) unreadable or larger than tomlfile.MAX_TOML_BYTES: a broken file is the
+    tool's own to report, a probe just knows less."""
     try:
-        return parse(path.read_text())
+        if parse is None:
+            return tomlfile.read(path)
+        with path.open("rb") as f:
+            data = f.read(tomlfile.MAX_TOML_BYTES + 1)
+        if len(data) > tomlfile.MAX_TOML_BYTES:
+            raise ValueError(f"larger than {tomlfile.MAX_TOML_BYTES >> 20} MiB")
+        return parse(data.decode())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:  # UnicodeDecodeError and parse errors are ValueErrors
@@ -132,7 +143,7 @@ def effective_profile(
     # Lowest precedence first: the root manifest (the only one whose profiles
     # count), then config files from the farthest to the closest.
     manifest = root / "Cargo.toml"
-    layers = [(_table(_read(manifest, tomllib.loads), "profile", "dev"), str(manifest))]
+    layers = [(_table(_read(manifest), "profile", "dev"), str(manifest))]
     layers += [(_table(f.data, "profile", "dev"), str(f.path)) for f in reversed(files)]
     profile = dict(PROFILE_DEFAULTS)
     sources = dict.fromkeys(PROFILE_DEFAULTS, DEFAULT_SOURCE)
@@ -233,8 +244,7 @@ def rust_analyzer_settings(root: Path) -> dict[str, Any]:
         (root / ".vscode" / "settings.json", ["rust-analyzer.cargo.targetDir"]),
         (root / "rust-analyzer.toml", ["cargo", "targetDir"]),
     ):
-        parse = tomllib.loads if path.suffix == ".toml" else lambda t: json.loads(strip_jsonc(t))
-        data = _read(path, parse)
+        data = _read(path, None if path.suffix == ".toml" else _jsonc)
         if not isinstance(data, dict):
             continue
         table = _table(data, *keys[:-1])

@@ -107,7 +107,9 @@ class Bench:
         if workspace.metadata_error:
             raise ConfigError(f"cargo cannot read this project: {workspace.metadata_error}")
         root = workspace.root
-        project_settings = settings.load(root, self.env, self.overrides)
+        project_settings = await anyio.to_thread.run_sync(
+            settings.load, root, self.env, self.overrides
+        )
         base = project_settings.argv()
         bench_dir = workspace.target_dir / "rbd" / "bench"
         copy = bench_dir / "src"

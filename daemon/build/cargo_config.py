@@ -11,12 +11,13 @@ Environment variables override files (e.g. `RUSTC_WRAPPER`, then
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
+
+from rbd.daemon.projects import tomlfile
 
 log = structlog.get_logger("cargoconfig")
 
@@ -64,8 +65,8 @@ def load(root: Path, env: dict[str, str]) -> list[ConfigFile]:
     files = []
     for path in _candidates(root, env):
         try:
-            files.append(ConfigFile(path, tomllib.loads(path.read_text())))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            files.append(ConfigFile(path, tomlfile.read(path)))
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError, TOMLDecodeError, too large
             log.warning("cargo_config_unreadable", path=str(path), error=str(exc))
     return files
 

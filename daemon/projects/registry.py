@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import structlog
 
 from rbd.daemon.build import configurations
@@ -58,7 +59,8 @@ class Registry:
         for invalid settings or an unknown configuration, Unavailable for one this
         machine cannot build."""
         workspace = await workspaces.load(Path(path).resolve(), env)
-        config = settings.load(workspace.root, env, overrides)
+        # Off the event loop: the user's manifest may be large (see tomlfile).
+        config = await anyio.to_thread.run_sync(settings.load, workspace.root, env, overrides)
         build_config = await self._build_config(workspace, env, config.build_config)
         key = str(workspace.root)
         existing = self.projects.get(key)

@@ -10,13 +10,14 @@ typo must not silently build the wrong thing.
 from __future__ import annotations
 
 import shlex
-import tomllib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from rbd.daemon.build import configurations
 from rbd.daemon.errors import ConfigError
+from rbd.daemon.projects import tomlfile
+from rbd.daemon.projects.tomlfile import TomlTooLarge
 
 # Cargo subcommands that build without running anything of the project's.
 SUBCOMMANDS = frozenset({"build", "check", "test", "bench", "clippy", "doc"})
@@ -126,19 +127,24 @@ def _from_env(env: dict[str, str]) -> dict[str, Any]:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        return tomlfile.read(path)
     except FileNotFoundError:
         return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except TomlTooLarge as exc:
+        raise ConfigError(str(exc)) from None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError, TOMLDecodeError
         raise ConfigError(f"{path}: {exc}") from None
 
 
 def load(root: Path, env: dict[str, str], overrides: dict[str, Any]) -> ProjectConfig:
     config = ProjectConfig()
     try:
-        manifest = _read_toml(root / "Cargo.toml")
-    except ConfigError:
+        manifest = tomlfile.read(root / "Cargo.toml")
+    except TomlTooLarge as exc:
+        # cargo may well build it, but rbd's settings in it cannot be read: say so
+        # rather than build with settings the user did not ask for.
+        raise ConfigError(f"{exc}, so not its [package.metadata.rbd] settings") from None
+    except (OSError, ValueError):  # UnicodeDecodeError, TOMLDecodeError
         # A broken manifest is cargo's to report, in the build it fails; the
         # project stays watched so that saving the fix rebuilds.
         manifest = {}

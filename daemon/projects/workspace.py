@@ -7,15 +7,16 @@ import os
 import re
 import shutil
 import subprocess
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 from rbd.daemon.build.timings import cargo_version
 from rbd.daemon.errors import CargoMissing, ProjectError
+from rbd.daemon.projects import tomlfile
 
 METADATA_TIMEOUT_S = 60.0
 # A source excerpt's lines as cargo renders them under a TOML error: `|`, `5 | [deps`, `|   ^`.
@@ -62,9 +63,8 @@ def require_cargo(env: dict[str, str]) -> str:
 def _path_deps(manifest_dir: Path) -> list[Path]:
     """Path dependencies named in a manifest (all dependency tables, target-specific too)."""
     try:
-        with (manifest_dir / "Cargo.toml").open("rb") as f:
-            manifest = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError):
+        manifest = tomlfile.read(manifest_dir / "Cargo.toml")
+    except (OSError, ValueError):  # cargo reports a broken manifest better than rbd could
         return []
     tables: list[Any] = []
     for key in ("dependencies", "dev-dependencies", "build-dependencies"):
@@ -148,7 +148,9 @@ async def load(
     else:
         if done.returncode == 0:
             root, target, dirs = _layout(json.loads(done.stdout))
-            return Workspace(root, target, _with_transitive_path_deps(dirs), cargo_version=version)
+            # Manifests are parsed in a worker thread: the event loop serves every project.
+            deps = await anyio.to_thread.run_sync(_with_transitive_path_deps, dirs)
+            return Workspace(root, target, deps, cargo_version=version)
         error = _first_error(done.stderr.decode(errors="replace"))
     root = manifest.parent.resolve()
     target_env = env.get("CARGO_TARGET_DIR")
@@ -156,7 +158,7 @@ async def load(
     return Workspace(
         root,
         target,
-        _with_transitive_path_deps([root]),
+        await anyio.to_thread.run_sync(_with_transitive_path_deps, [root]),
         metadata_error=error,
         cargo_version=version,
     )
