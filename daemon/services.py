@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import anyio
+
 from rbd.contract import __version__, paths, protocol
 from rbd.daemon.bench.job import Benches
 from rbd.daemon.projects.registry import Registry
@@ -37,3 +39,7 @@ class Services:
     benches: Benches
     # Asks the daemon to stop (it does once the current reply is sent).
     request_shutdown: Callable[[], None]
+    # Held by a tune apply or revert from its first read of the files to its record in
+    # the store: two at once would record their tunes out of the order of their writes,
+    # and a revert then see a false conflict (they take seconds: cargo checks each).
+    tuning: anyio.Lock = field(default_factory=anyio.Lock)

@@ -4,9 +4,13 @@ real crate, the probe of the installed toolchain, and the project's files."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from tests.conftest import Rbd, make_crate
+from tests.conftest import WAIT_S, Rbd, make_crate
 from tests.test_projects import started
 
 MANIFEST = (
@@ -125,3 +129,51 @@ def test_tune_writes_through_a_link_only_inside_the_project(rbd: Rbd, tmp_path: 
     [line] = refused.stderr.splitlines()
     assert "outside the project" in line and str(outside) in line
     assert outside.read_bytes() == MANIFEST.encode() and manifest.is_symlink()
+
+
+def test_two_tunes_at_once_are_recorded_in_the_order_they_wrote(rbd: Rbd, tmp_path: Path) -> None:
+    """The first tune's cargo check is slow (a cargo wrapper sleeps on its first check),
+    so the second is asked for while the first is between its write and its record:
+    the second waits, the history of tunes is the order of the writes, and two reverts
+    give back the original bytes without a false conflict."""
+    real_cargo = shutil.which("cargo")
+    assert real_cargo is not None
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    first = tmp_path / "first-check"
+    wrapper = bin_dir / "cargo"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = clean ] && [ ! -e {first} ]; then : > {first}; sleep 3; fi\n'
+        f'exec {real_cargo} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    env = {**rbd.env, "PATH": f"{bin_dir}:{rbd.env['PATH']}"}
+    # Two of the profile's settings that rules undo: two suggestions to apply at once.
+    manifest = MANIFEST + "codegen-units = 16\n"
+    crate = make_crate(tmp_path / "tuned", "tuned", {"Cargo.toml": manifest})
+    rbd.start_daemon()
+    events = rbd.events()
+    assert rbd.run("start", cwd=crate, env=env).returncode == 0
+    events.finished()
+    for i in range(3):
+        (crate / "src" / "main.rs").write_text(f'fn main() {{ println!("{i}"); }}\n')
+        events.finished()
+    suggested = json.loads(rbd.ok("suggest", "--json", cwd=crate))
+    ids = [s["id"] for s in suggested["suggestions"] if "manual" not in s["change"]][:2]
+    assert len(ids) == 2, suggested["suggestions"]
+
+    command = [sys.executable, "-m", "rbd.client", "tune", "apply"]
+    slow = subprocess.Popen([*command, ids[0]], cwd=crate, env=rbd.env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + WAIT_S
+    while not first.exists():
+        assert slow.poll() is None and time.monotonic() < deadline, slow.communicate()
+        time.sleep(0.05)
+    second = rbd.run("tune", "apply", ids[1], cwd=crate)
+    assert slow.wait(timeout=WAIT_S) == 0, slow.communicate()
+    assert second.returncode == 0, second.stderr
+
+    assert "reverted tune #2" in rbd.ok("tune", "revert", cwd=crate)
+    assert "reverted tune #1" in rbd.ok("tune", "revert", cwd=crate)
+    assert (crate / "Cargo.toml").read_bytes() == manifest.encode()

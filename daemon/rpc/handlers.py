@@ -243,9 +243,10 @@ async def _tune_apply(
     """Raises NotWatched, NotFound (no such current suggestion), ConfigError (a
     change to make by hand, or TuneRejected: one cargo refuses), StoreError."""
     project = _advised_project(services, request["path"])
-    applied = await advisor.apply(
-        services.store, project.key, project.env, request["ids"], request["dry_run"]
-    )
+    async with services.tuning:
+        applied = await advisor.apply(
+            services.store, project.key, project.env, request["ids"], request["dry_run"]
+        )
     return cast(TuneApplyReply, applied)
 
 
@@ -255,9 +256,10 @@ async def _tune_revert(
     """Raises NotWatched, NotFound (no such tune, or reverted already),
     TuneConflict (a tuned file changed since), StoreError."""
     project = _advised_project(services, request["path"])
-    reverted = await advisor.revert(
-        services.store, project.key, request.get("tune_id"), request["force"]
-    )
+    async with services.tuning:
+        reverted = await advisor.revert(
+            services.store, project.key, request.get("tune_id"), request["force"]
+        )
     return cast(TuneRevertReply, reverted)
 
 
