@@ -90,3 +90,21 @@ async def test_links_are_recorded_and_a_failing_linker_still_fails(tmp_path: Pat
     assert done.returncode != 0 and "bad-linker: no" in done.stderr
     last = shim.read_links(timing)[-1]
     assert last.exit_code == 3 and last.linker == str(failing)
+
+
+@pytest.mark.anyio
+async def test_a_missing_linker_is_reported_as_rustc_reports_it(tmp_path: Path) -> None:
+    """A linker that does not exist (the project's config names one not installed): rustc
+    says `linker X not found`, as without rbd, not that rbd's shim failed."""
+    found = await shim.Shims(SHARED_CACHE).get(dict(os.environ))
+    assert found is not None
+    crate = make_crate(tmp_path / "nolinker", "nolinker")
+    timing = tmp_path / "timing"
+    timing.mkdir()
+    env = found.build_env(dict(os.environ), None, timing)
+    for linker in ("rbd-no-such-linker", str(tmp_path / "no" / "such-linker")):
+        env["RUSTFLAGS"] = f"-C linker={linker}"
+        done = cargo_build(crate, env)
+        assert done.returncode != 0
+        assert f"linker `{linker}` not found" in done.stderr, done.stderr
+        assert "rbd" not in done.stderr.replace(linker, "").replace(str(tmp_path), "")

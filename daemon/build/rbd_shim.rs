@@ -1,6 +1,6 @@
 //! rbd's rustc wrapper and linker shim: one small binary with two roles.
 //!
-//! rbd compiles this file once (see daemon/shim.py) because it runs once per
+//! rbd compiles this file once (see rbd.daemon.build.shim) because it runs once per
 //! rustc and once per link: a Python process would cost ~0.1 s each time.
 //!
 //! As `rbd-rustc-wrapper` (cargo's RUSTC_WRAPPER), for a rustc invocation that
@@ -14,6 +14,9 @@
 //!   fingerprinted differently.
 //! - Otherwise rustc runs its default linker (`cc`) from PATH, so
 //!   `$RBD_SHIM_DIR/default` (holding a `cc` shim) goes first on rustc's PATH.
+//! - A linker that cannot be found (not on PATH, no such file) is left as it
+//!   is: rustc then says "linker `X` not found", as it would without rbd, where
+//!   a shim in its place would have it say that the shim failed.
 //!
 //! As a linker (any other name), it runs the real linker, then appends one
 //! line to `$RBD_TIMING_DIR/link-<pid>.tsv`:
@@ -134,6 +137,18 @@ fn ensure_link(path: &Path) {
     }
 }
 
+/// Whether a program rustc would run as its linker exists: a path as it is, a bare
+/// name on this process's PATH (the one rustc is given).
+fn findable(program: &OsStr) -> bool {
+    let path = Path::new(program);
+    if path.components().count() > 1 {
+        return path.is_file();
+    }
+    env::var_os("PATH")
+        .map(|dirs| env::split_paths(&dirs).any(|dir| dir.join(path).is_file()))
+        .unwrap_or(false)
+}
+
 fn wrap(mut args: Vec<OsString>) -> ! {
     if args.is_empty() {
         fail("no compiler to run".into());
@@ -147,6 +162,8 @@ fn wrap(mut args: Vec<OsString>) -> ! {
     if let (false, Some(shim_dir)) = (kind.is_empty(), env::var_os("RBD_SHIM_DIR")) {
         let shim_dir = PathBuf::from(shim_dir);
         match linker_arg(&args) {
+            Some((_, _, linker)) if !findable(&linker) => {}
+            None if !findable(OsStr::new(DEFAULT_LINKER)) => {}
             Some((index, prefix, linker)) => {
                 let name = Path::new(&linker).file_name().unwrap_or(OsStr::new(DEFAULT_LINKER));
                 let shim = shim_dir.join("linkers").join(name);
