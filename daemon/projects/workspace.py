@@ -93,6 +93,11 @@ def _layout(metadata: dict[str, Any]) -> tuple[Path, Path, list[Path]]:
     return root, target, dirs
 
 
+def _parse_metadata(stdout: bytes) -> tuple[Path, Path, tuple[Path, ...]]:
+    root, target, dirs = _layout(json.loads(stdout))
+    return root, target, _with_transitive_path_deps(dirs)
+
+
 def _with_transitive_path_deps(dirs: list[Path]) -> tuple[Path, ...]:
     # `cargo metadata --no-deps` names the members' own path dependencies;
     # their path dependencies in turn are read from their manifests.
@@ -147,9 +152,9 @@ async def load(
         error = f"cargo metadata did not answer within {METADATA_TIMEOUT_S:.0f} s"
     else:
         if done.returncode == 0:
-            root, target, dirs = _layout(json.loads(done.stdout))
-            # Manifests are parsed in a worker thread: the event loop serves every project.
-            deps = await anyio.to_thread.run_sync(_with_transitive_path_deps, dirs)
+            # Parsed in a worker thread (cargo's JSON, then the members' manifests): a
+            # workspace of hundreds of crates must not hold up the loop serving every project.
+            root, target, deps = await anyio.to_thread.run_sync(_parse_metadata, done.stdout)
             return Workspace(root, target, deps, cargo_version=version)
         error = _first_error(done.stderr.decode(errors="replace"))
     root = manifest.parent.resolve()
