@@ -18,7 +18,10 @@ from rbd.contract import protocol
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Mapping
     from typing import Any
+
+    from rbd.contract.schema import BenchReport
 
 # A bench of a big project runs for many minutes; only the daemon's absence ends the wait.
 WAIT_TICK_S = 1.0
@@ -52,7 +55,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"rbd: cancelled the bench of {reply['project']}")
         return 0
     live = sys.stderr.isatty() and not args.json
-    report: dict[str, Any] | None
+    report: BenchReport | None
     if args.foreground:
         report = _foreground(request, live)
     else:
@@ -75,12 +78,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show_progress(event: dict[str, Any], live: bool) -> None:
+def _show_progress(event: Mapping[str, Any], live: bool) -> None:
     if live and event.get("event") == protocol.BENCH_PROGRESS:
         print("\r\033[K" + benchtable.progress(event), end="", file=sys.stderr, flush=True)
 
 
-def _daemon_job(request: dict[str, Any], live: bool, detach: bool) -> dict[str, Any] | None:
+def _daemon_job(request: dict[str, Any], live: bool, detach: bool) -> BenchReport | None:
     from rbd.client.spawn import connect_or_spawn
 
     # A daemon bench runs in the watched project's own environment: this one's is
@@ -114,11 +117,11 @@ def _daemon_job(request: dict[str, Any], live: bool, detach: bool) -> dict[str, 
     if message.get("ok") is not True:
         error = message.get("error") or {}
         raise RequestFailed(str(error.get("code")), str(error.get("message")))
-    report: dict[str, Any] = message["report"]
+    report: BenchReport = message["report"]
     return report
 
 
-def _foreground(request: dict[str, Any], live: bool) -> dict[str, Any]:
+def _foreground(request: dict[str, Any], live: bool) -> BenchReport:
     # The daemon's modules (anyio, structlog...) are loaded on this path only.
     from rbd.daemon.bench import job as benchjob
     from rbd.daemon.bench.runner import Options

@@ -7,7 +7,10 @@ from rbd.client.render import seconds
 # `import typing` costs ~2 ms of the client's start; mypy honours this name all the same.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
+
+    from rbd.contract.schema import BenchResult
 
 MODE_TITLES = {
     "clean": "clean build (cargo clean first)",
@@ -16,7 +19,8 @@ MODE_TITLES = {
 COLUMNS = ("config", "mean", "σ", "min", "median", "Δ median", "Δ%", "compile", "link", "")
 
 
-def table(report: dict[str, Any]) -> str:
+def table(report: Mapping[str, Any]) -> str:
+    """report: a BenchReport, or one an older rbd stored (read with care)."""
     edit = report.get("edit") or {}
     lines = [
         f"rbd bench {report['project']}",
@@ -40,12 +44,12 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _cells(row: dict[str, Any]) -> list[str]:
+def _cells(row: BenchResult) -> list[str]:
     if not row["available"] or row["median_s"] is None:
         why = row.get("reason") or "not measured"
         label = "unavailable" if not row["available"] else "failed"
         return [row["config"], f"{label}: {why}"]
-    phases = row.get("phases") or {}
+    phases: Mapping[str, Any] = row.get("phases") or {}
     return [
         row["config"],
         seconds(row["mean_s"]),
@@ -60,7 +64,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
     ]
 
 
-def _split(phases: dict[str, Any]) -> str:
+def _split(phases: Mapping[str, Any]) -> str:
     compile_s = phases.get("compile_s")
     front, codegen = phases.get("frontend_s"), phases.get("codegen_s")
     if front is None or codegen is None:
@@ -84,7 +88,7 @@ def _pct(value: float | None) -> str:
     return f"{'+' if value > 0 else '−'}{abs(value):.1f}%"
 
 
-def _best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _best(rows: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The fastest configuration, if it beat the baseline by more than either's spread."""
     base = next((r for r in rows if r.get("delta_s") == 0 and r.get("median_s")), None)
     measured = [r for r in rows if r.get("median_s") is not None and r.get("delta_s")]
@@ -109,7 +113,7 @@ def _grid(rows: list[list[str]]) -> list[str]:
     return [line(list(COLUMNS)), *(line(r) for r in rows)]
 
 
-def progress(event: dict[str, Any], width: int = 24) -> str:
+def progress(event: Mapping[str, Any], width: int = 24) -> str:
     done, total = int(event.get("done") or 0), int(event.get("total") or 0)
     filled = width * done // total if total else 0
     bar = "█" * filled + "·" * (width - filled)

@@ -25,16 +25,17 @@ is a bug in the daemon: logged with its traceback and answered as `internal` (ne
 from __future__ import annotations
 
 from rbd.contract import protocol
+from rbd.contract.schema import ErrorCode
 
 
 class DaemonError(Exception):
-    code = protocol.INTERNAL
+    code: ErrorCode = protocol.INTERNAL
 
 
 class BadRequest(DaemonError):
     """What the client sent is not a valid request (rbd.daemon.rpc.requests)."""
 
-    code = protocol.BAD_REQUEST
+    code: ErrorCode = protocol.BAD_REQUEST
 
 
 class AlreadyRunning(DaemonError):
@@ -46,23 +47,23 @@ class UnsafeRuntimeDir(DaemonError):
 
 
 class ProjectError(DaemonError):
-    code = protocol.NO_PROJECT
+    code: ErrorCode = protocol.NO_PROJECT
 
 
 class CargoMissing(ProjectError):
-    code = protocol.CARGO_MISSING
+    code: ErrorCode = protocol.CARGO_MISSING
 
 
 class NotWatched(DaemonError):
-    code = protocol.NOT_WATCHED
+    code: ErrorCode = protocol.NOT_WATCHED
 
 
 class NotFound(DaemonError):
-    code = protocol.NOT_FOUND
+    code: ErrorCode = protocol.NOT_FOUND
 
 
 class ConfigError(DaemonError):
-    code = protocol.BAD_CONFIG
+    code: ErrorCode = protocol.BAD_CONFIG
 
 
 class TuneRejected(ConfigError):
@@ -70,20 +71,20 @@ class TuneRejected(ConfigError):
 
 
 class TuneConflict(DaemonError):
-    code = protocol.CONFLICT
+    code: ErrorCode = protocol.CONFLICT
 
 
 class Unavailable(DaemonError):
-    code = protocol.UNAVAILABLE
+    code: ErrorCode = protocol.UNAVAILABLE
 
 
 class Busy(DaemonError):
-    code = protocol.BUSY
+    code: ErrorCode = protocol.BUSY
 
 
 class BenchCancelled(DaemonError):
-    code = protocol.CANCELLED
+    code: ErrorCode = protocol.CANCELLED
 
 
 class StoreError(DaemonError):
-    code = protocol.STORE_ERROR
+    code: ErrorCode = protocol.STORE_ERROR

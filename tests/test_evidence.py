@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from rbd.contract.schema import Suggestion
 from rbd.daemon.advice import evidence
 
 
-def made(id: str, saves_s: float) -> dict[str, Any]:
-    return {"id": id, "expected": {"saves_s": saves_s, "source": "estimate", "basis": "rule"}}
+def made(id: str, saves_s: float) -> Suggestion:
+    return {
+        "id": id,
+        "title": id,
+        "evidence": "",
+        "change": {},
+        "expected": {"saves_s": saves_s, "source": "estimate", "basis": "rule"},
+        "tradeoffs": "",
+        "needs_nightly": False,
+        "full_rebuild": False,
+    }
 
 
 def row(config: str, mode: str, median: float, stddev: float, pct: float) -> dict[str, Any]:

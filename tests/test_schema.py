@@ -75,6 +75,12 @@ def test_the_table_and_the_typeddict_agree(op: str) -> None:
             assert arg.default is None, (op, name)
 
 
+def test_phases_outcomes_and_states_are_the_protocols() -> None:
+    assert tuple(schema.Phases.__annotations__) == protocol.PHASE_KEYS
+    assert get_args(schema.Outcome) == protocol.OUTCOMES
+    assert get_args(schema.State) == protocol.STATES
+
+
 def test_readme_documents_every_op_and_argument_and_nothing_else() -> None:
     documented = readme_ops()
     assert set(documented) == set(schema.ARGS)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from rbd.contract.schema import Outcome
 from rbd.daemon.build.records import BuildResult, UnitRecord
 from rbd.daemon.errors import StoreError
 from rbd.daemon.store import sqlite as store_module
@@ -14,7 +15,9 @@ from rbd.daemon.store.asyncstore import AsyncStore
 from rbd.daemon.store.sqlite import Store, now_iso
 
 
-def record(store: Store, project: str = "/p", outcome: str = "success", wall: float = 1.5) -> int:
+def record(
+    store: Store, project: str = "/p", outcome: Outcome = "success", wall: float = 1.5
+) -> int:
     build_id = store.begin_build(
         project=project,
         started_at=now_iso(),

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from rbd.contract.schema import Suggestion
 from rbd.daemon.advice import rules
 
 HOST = "x86_64-unknown-linux-gnu"
@@ -73,7 +74,7 @@ def ids(ctx: rules.Context) -> list[str]:
     return [s["id"] for s in rules.suggest(ctx)[0]]
 
 
-def only(ctx: rules.Context, rule: str) -> dict[str, Any] | None:
+def only(ctx: rules.Context, rule: str) -> Suggestion | None:
     return next((s for s in rules.suggest(ctx)[0] if s["id"] == rule), None)
 
 

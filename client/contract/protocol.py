@@ -25,7 +25,8 @@ from rbd.contract.errors import ProtocolError
 # `import typing` costs ~2 ms of the client's start; mypy honours this name all the same.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Mapping
+    from typing import Any, Final
 
 PROTOCOL_VERSION = 1
 
@@ -52,41 +53,41 @@ OPS = frozenset(
     | {SUGGEST, TUNE_APPLY, TUNE_REVERT, BENCH, BENCH_CANCEL}
 )
 
-# Events.
-BUILD_STARTED = "build_started"
-BUILD_PROGRESS = "build_progress"
-UNIT_FINISHED = "unit_finished"
-BUILD_FINISHED = "build_finished"
-PROJECT_STATE = "project_state"
+# Events. Final: a type checker reads each as its literal (rbd.contract.schema's Literals).
+BUILD_STARTED: Final = "build_started"
+BUILD_PROGRESS: Final = "build_progress"
+UNIT_FINISHED: Final = "unit_finished"
+BUILD_FINISHED: Final = "build_finished"
+PROJECT_STATE: Final = "project_state"
 # `rbd bench` as a daemon job: started, one per build (counted or warm-up), finished
 # (with the report, or "cancelled" / "error").
-BENCH_STARTED = "bench_started"
-BENCH_PROGRESS = "bench_progress"
-BENCH_FINISHED = "bench_finished"
+BENCH_STARTED: Final = "bench_started"
+BENCH_PROGRESS: Final = "bench_progress"
+BENCH_FINISHED: Final = "bench_finished"
 
 # Error codes.
-BAD_REQUEST = "bad_request"
-UNKNOWN_OP = "unknown_op"
-HELLO_REQUIRED = "hello_required"
-PROTOCOL_MISMATCH = "protocol_mismatch"
-TOO_LARGE = "too_large"
-FORBIDDEN = "forbidden"
-NOT_FOUND = "not_found"
-NOT_WATCHED = "not_watched"
-NO_PROJECT = "no_project"
-CARGO_MISSING = "cargo_missing"
-BAD_CONFIG = "bad_config"
+BAD_REQUEST: Final = "bad_request"
+UNKNOWN_OP: Final = "unknown_op"
+HELLO_REQUIRED: Final = "hello_required"
+PROTOCOL_MISMATCH: Final = "protocol_mismatch"
+TOO_LARGE: Final = "too_large"
+FORBIDDEN: Final = "forbidden"
+NOT_FOUND: Final = "not_found"
+NOT_WATCHED: Final = "not_watched"
+NO_PROJECT: Final = "no_project"
+CARGO_MISSING: Final = "cargo_missing"
+BAD_CONFIG: Final = "bad_config"
 # A file rbd tuned was edited since: reverting would lose those edits.
-CONFLICT = "conflict"
+CONFLICT: Final = "conflict"
 # A build configuration this machine cannot build (cranelift without nightly...).
-UNAVAILABLE = "unavailable"
+UNAVAILABLE: Final = "unavailable"
 # One bench at a time: two would measure each other.
-BUSY = "busy"
-CANCELLED = "cancelled"
+BUSY: Final = "busy"
+CANCELLED: Final = "cancelled"
 # The daemon's SQLite store failed (disk full, I/O error): builds go on, `rbd status` says why.
-STORE_ERROR = "store_error"
+STORE_ERROR: Final = "store_error"
 # A bug in the daemon: logged with its traceback.
-INTERNAL = "internal"
+INTERNAL: Final = "internal"
 
 # Build outcomes and project states.
 OUTCOMES = ("success", "failure", "cancelled", "interrupted", "timeout")
@@ -109,7 +110,7 @@ if TYPE_CHECKING:
     Message = dict[str, Any]
 
 
-def encode(message: Message) -> bytes:
+def encode(message: Mapping[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 

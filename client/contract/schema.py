@@ -280,6 +280,26 @@ class BuildDetail(BuildSummary):
     units: list[Unit]
 
 
+class BuildCounts(TypedDict):
+    """cargo's own unit counts while a build runs."""
+
+    done: int
+    total: int | None
+    active: list[str]
+    elapsed_s: float
+
+
+class CurrentBuild(TypedDict):
+    """The build running now."""
+
+    build_id: int | None
+    started_at: str
+    trigger: list[str]
+    command: list[str]
+    # Once cargo runs.
+    progress: NotRequired[BuildCounts]
+
+
 class ProjectStatus(TypedDict):
     root: str
     state: State
@@ -287,8 +307,7 @@ class ProjectStatus(TypedDict):
     config: dict[str, Any]
     command: list[str]
     artifacts: str
-    # The running build (its id, start, trigger, command, progress), if any.
-    current: dict[str, Any] | None
+    current: CurrentBuild | None
     last_build: BuildSummary | None
     env: dict[str, str]
     watches: int
@@ -352,8 +371,29 @@ class BenchEdit(TypedDict):
     kind: str
 
 
+class BenchResult(TypedDict):
+    """One configuration in one mode. The measurements are null (and runs_s empty)
+    where it did not run: unavailable (reason says why) or failed (reason: the build's
+    first error)."""
+
+    config: str
+    mode: str
+    available: bool
+    reason: str | None
+    mean_s: float | None
+    stddev_s: float | None
+    min_s: float | None
+    median_s: float | None
+    delta_s: float | None
+    delta_pct: float | None
+    noisy: bool | None
+    # Of the median run.
+    phases: Phases | None
+    runs_s: list[float]
+
+
 class BenchReport(TypedDict):
-    """`rbd bench --json`, plus `id` once stored."""
+    """`rbd bench --json`, plus `id` once stored (absent when the store failed)."""
 
     project: str
     runs: int
@@ -362,10 +402,9 @@ class BenchReport(TypedDict):
     finished_at: str
     edit: BenchEdit | None
     baseline: str
-    # Per configuration and mode: mean_s, stddev_s, min_s, median_s, delta_s, delta_pct,
-    # noisy, phases, runs_s, available, reason.
-    results: list[dict[str, Any]]
-    id: NotRequired[int | None]
+    # Per mode, then per configuration.
+    results: list[BenchResult]
+    id: NotRequired[int]
 
 
 # --- replies (the results; the server adds `id` and `ok`) ---------------------------------

@@ -9,11 +9,11 @@ what was written so that a revert restores the files byte for byte.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import anyio.to_thread
 import structlog
 
+from rbd.contract.schema import SuggestReply, TuneApplyReply, TuneRevertReply
 from rbd.daemon.advice import evidence, probe, rules, tune
 from rbd.daemon.errors import BadRequest, ConfigError, NotFound, TuneConflict
 from rbd.daemon.store.asyncstore import AsyncStore
@@ -25,12 +25,14 @@ async def context(store: AsyncStore, root: str, env: dict[str, str]) -> rules.Co
     """What the rules argue from: the project's recent builds, their units, the toolchain.
     Raises StoreError (the probe itself never raises)."""
     builds = await store.call(store.sync.history, root, rules.WINDOW)
-    units = await store.call(store.sync.units_of, [int(b["id"]) for b in builds])
+    # A stored build has its id (only a build the store never took has none).
+    ids = [b["id"] for b in builds if b["id"] is not None]
+    units = await store.call(store.sync.units_of, ids)
     environment = await probe.probe(Path(root), env)
     return rules.Context(environment, builds, units, root=root)
 
 
-async def suggestions(store: AsyncStore, root: str, env: dict[str, str]) -> dict[str, Any]:
+async def suggestions(store: AsyncStore, root: str, env: dict[str, str]) -> SuggestReply:
     """The `suggest` reply for a watched project. Raises StoreError."""
     ctx = await context(store, root, env)
     found, hint = rules.suggest(ctx)
@@ -49,7 +51,7 @@ async def suggestions(store: AsyncStore, root: str, env: dict[str, str]) -> dict
 
 async def apply(
     store: AsyncStore, root: str, env: dict[str, str], ids: list[str], dry_run: bool
-) -> dict[str, Any]:
+) -> TuneApplyReply:
     """Write the changes of the named current suggestions (all or none).
 
     Raises BadRequest for no ids, NotFound for an id that is not a current suggestion,
@@ -95,7 +97,7 @@ def _current(path: Path) -> bytes | None:
         return None
 
 
-async def revert(store: AsyncStore, root: str, tune_id: int | None, force: bool) -> dict[str, Any]:
+async def revert(store: AsyncStore, root: str, tune_id: int | None, force: bool) -> TuneRevertReply:
     """Restore the files of a tune (the latest one by default) as they were before it.
 
     Raises NotFound for no such (unreverted) tune, TuneConflict when a file changed

@@ -8,7 +8,10 @@ and the measurement says why. Suggestions no bench measures keep their estimates
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from rbd.contract.schema import Suggestion, Withdrawn
 
 # Suggestion id -> (bench configuration, the mode that measures its effect).
 MEASURED_BY = {
@@ -21,7 +24,7 @@ MEASURED_BY = {
 }
 
 
-def _row(bench: dict[str, Any], config: str, mode: str) -> dict[str, Any] | None:
+def _row(bench: Mapping[str, Any], config: str, mode: str) -> dict[str, Any] | None:
     for row in bench.get("results") or []:
         if row.get("config") == config and row.get("mode") == mode:
             return dict(row)
@@ -29,35 +32,34 @@ def _row(bench: dict[str, Any], config: str, mode: str) -> dict[str, Any] | None
 
 
 def cite(
-    found: list[dict[str, Any]], bench: dict[str, Any] | None
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    found: list[Suggestion], bench: Mapping[str, Any] | None
+) -> tuple[list[Suggestion], list[Withdrawn]]:
     """(suggestions with bench evidence where there is some, re-ranked; the withdrawn ones
-    as {"id", "reason"})."""
+    as {"id", "reason"}).
+
+    bench: the latest stored report (a schema.BenchReport), read with care: it is JSON an
+    older rbd may have stored."""
     if not bench:
         return found, []
-    kept: list[dict[str, Any]] = []
-    withdrawn: list[dict[str, Any]] = []
+    kept: list[Suggestion] = []
+    withdrawn: list[Withdrawn] = []
     baseline = str(bench.get("baseline") or "default")
     when = str(bench.get("finished_at") or "")[:10]
     for made in found:
         config, mode = MEASURED_BY.get(made["id"], (None, None))
         row = _row(bench, config, mode) if config and mode else None
         base = _row(bench, baseline, mode) if mode else None
-        if (
-            row is None
-            or base is None
-            or row.get("median_s") is None
-            or base.get("median_s") is None
-            or config == baseline
-        ):
+        row_s = None if row is None else row.get("median_s")
+        base_s = None if base is None else base.get("median_s")
+        if row is None or base is None or row_s is None or base_s is None or config == baseline:
             kept.append(made)
             continue
-        gain = float(base["median_s"]) - float(row["median_s"])
+        gain = float(base_s) - float(row_s)
         spread = max(float(base.get("stddev_s") or 0.0), float(row.get("stddev_s") or 0.0))
         measured = (
             f"rbd bench #{bench.get('id', '?')} ({when}): {config} {row['delta_pct']:+.1f}% "
-            f"{mode} on this project, median {base['median_s']:.2f} s -> "
-            f"{row['median_s']:.2f} s over {bench.get('runs')} runs"
+            f"{mode} on this project, median {base_s:.2f} s -> "
+            f"{row_s:.2f} s over {bench.get('runs')} runs"
         )
         if gain <= spread:
             why = "slower" if gain < 0 else "no faster than the runs' spread"

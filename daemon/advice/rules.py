@@ -21,10 +21,12 @@ The estimates' sources (README.md lists them too):
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
+
+from rbd.contract.schema import Suggestion
 
 WINDOW = 20
 MIN_BUILDS = 3
@@ -36,14 +38,18 @@ MIN_PHASE_S = 0.05
 
 @dataclass
 class Context:
+    # What the probe found (daemon.advice.probe): it grows with what rbd probes.
     env: dict[str, Any]
-    builds: list[dict[str, Any]]  # newest first, finished builds of the project
-    units: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    # Newest first, finished builds of the project (schema.BuildSummary), and their units
+    # (schema.Unit) by build id. Read as mappings: a rule reads only the keys it needs, and
+    # tolerates their absence.
+    builds: Sequence[Mapping[str, Any]]
+    units: Mapping[int, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
     # The workspace root: a profile value's source is a file in it, or elsewhere.
     root: str = ""
 
     @property
-    def incremental(self) -> list[dict[str, Any]]:
+    def incremental(self) -> list[Mapping[str, Any]]:
         return [b for b in self.builds if b.get("outcome") == "success" and b.get("trigger")]
 
     def median(self, key: str) -> float | None:
@@ -98,7 +104,7 @@ def suggestion(
     needs_nightly: bool = False,
     full_rebuild: bool = False,
     source: str = "estimate",
-) -> dict[str, Any]:
+) -> Suggestion:
     return {
         "id": id,
         "title": title,
@@ -118,7 +124,7 @@ def _codegen_and_link(ctx: Context) -> float:
     return codegen + (ctx.median("link_s") or 0.0)
 
 
-def debuginfo_line_tables(ctx: Context) -> dict[str, Any] | None:
+def debuginfo_line_tables(ctx: Context) -> Suggestion | None:
     debug = ctx.profile.get("debug", 2)
     if debug != 2 or len(ctx.incremental) < MIN_BUILDS:
         return None
@@ -149,7 +155,7 @@ def debuginfo_line_tables(ctx: Context) -> dict[str, Any] | None:
     )
 
 
-def deps_no_debuginfo(ctx: Context) -> dict[str, Any] | None:
+def deps_no_debuginfo(ctx: Context) -> Suggestion | None:
     deps = ctx.profile.get("deps_debug", ctx.profile.get("debug", 2))
     found = share_text(ctx, "link_s", "link")
     if deps == 0 or found is None or found[0] / found[1] < SHARE:
@@ -170,7 +176,7 @@ def deps_no_debuginfo(ctx: Context) -> dict[str, Any] | None:
     )
 
 
-def split_debuginfo(ctx: Context) -> dict[str, Any] | None:
+def split_debuginfo(ctx: Context) -> Suggestion | None:
     found = share_text(ctx, "link_s", "link")
     profile = ctx.profile
     if (
@@ -207,7 +213,7 @@ def _linker_change(ctx: Context, flag: str) -> dict[str, Any]:
 
 def _instead_of_gnu_ld(
     ctx: Context, id: str, name: str, program: str, fraction: float, basis: str, tradeoffs: str
-) -> dict[str, Any] | None:
+) -> Suggestion | None:
     """A linker switch, when binaries were linked by GNU ld/gold, link is a real share
     of the rebuild, and the replacement (program) is installed."""
     found = share_text(ctx, "link_s", "link")
@@ -227,7 +233,7 @@ def _instead_of_gnu_ld(
     )
 
 
-def linker_lld(ctx: Context) -> dict[str, Any] | None:
+def linker_lld(ctx: Context) -> Suggestion | None:
     return _instead_of_gnu_ld(
         ctx,
         "linker-lld",
@@ -239,7 +245,7 @@ def linker_lld(ctx: Context) -> dict[str, Any] | None:
     )
 
 
-def linker_mold(ctx: Context) -> dict[str, Any] | None:
+def linker_mold(ctx: Context) -> Suggestion | None:
     return _instead_of_gnu_ld(
         ctx,
         "linker-mold",
@@ -251,7 +257,7 @@ def linker_mold(ctx: Context) -> dict[str, Any] | None:
     )
 
 
-def cranelift(ctx: Context) -> dict[str, Any] | None:
+def cranelift(ctx: Context) -> Suggestion | None:
     found = share_text(ctx, "codegen_s", "codegen")
     if found is None:
         found = share_text(ctx, "compile_s", "compile (frontend + codegen)")
@@ -286,7 +292,7 @@ def cranelift(ctx: Context) -> dict[str, Any] | None:
     )
 
 
-def codegen_units_default(ctx: Context) -> dict[str, Any] | None:
+def codegen_units_default(ctx: Context) -> Suggestion | None:
     units = ctx.profile.get("codegen_units")
     if units is None or units >= 256 or not ctx.incremental:
         return None
@@ -304,7 +310,7 @@ def codegen_units_default(ctx: Context) -> dict[str, Any] | None:
     )
 
 
-def incremental_on(ctx: Context) -> dict[str, Any] | None:
+def incremental_on(ctx: Context) -> Suggestion | None:
     if ctx.profile.get("incremental", True) or not ctx.incremental:
         return None
     compile_s = ctx.median("compile_s") or 0.0
@@ -346,7 +352,7 @@ def _profile_edit(ctx: Context, key: str, edit: dict[str, Any]) -> dict[str, Any
     return {"file": source, "manual": f"change {dotted} there"}
 
 
-def rust_analyzer_target_dir(ctx: Context) -> dict[str, Any] | None:
+def rust_analyzer_target_dir(ctx: Context) -> Suggestion | None:
     waits = [
         (b.get("phases") or {}).get("lock_wait_s") or 0.0 for b in ctx.builds if b.get("outcome")
     ]
@@ -369,8 +375,8 @@ def rust_analyzer_target_dir(ctx: Context) -> dict[str, Any] | None:
     )
 
 
-def _units_by_name(ctx: Context, kind: str) -> dict[str, list[dict[str, Any]]]:
-    found: dict[str, list[dict[str, Any]]] = {}
+def _units_by_name(ctx: Context, kind: str) -> dict[str, list[Mapping[str, Any]]]:
+    found: dict[str, list[Mapping[str, Any]]] = {}
     for build in ctx.incremental:
         for unit in ctx.units.get(int(build["id"]), []):
             if unit.get("kind") == kind:
@@ -378,7 +384,7 @@ def _units_by_name(ctx: Context, kind: str) -> dict[str, list[dict[str, Any]]]:
     return found
 
 
-def rerun_if_changed(ctx: Context) -> dict[str, Any] | None:
+def rerun_if_changed(ctx: Context) -> Suggestion | None:
     n = len(ctx.incremental)
     best: tuple[float, str, int] | None = None
     for name, runs in _units_by_name(ctx, "build-script-run").items():
@@ -408,8 +414,8 @@ def rerun_if_changed(ctx: Context) -> dict[str, Any] | None:
 MISMATCH_WORDS = ("RUSTFLAGS", "rustflags", "features", "profile", "config settings", "env var")
 
 
-def flags_mismatch(ctx: Context) -> dict[str, Any] | None:
-    hits: dict[str, list[dict[str, Any]]] = {}
+def flags_mismatch(ctx: Context) -> Suggestion | None:
+    hits: dict[str, list[Mapping[str, Any]]] = {}
     for build in ctx.incremental:
         for unit in ctx.units.get(int(build["id"]), []):
             reason = str(unit.get("dirty_reason") or "")
@@ -437,7 +443,7 @@ def flags_mismatch(ctx: Context) -> dict[str, Any] | None:
     )
 
 
-def split_crate(ctx: Context) -> dict[str, Any] | None:
+def split_crate(ctx: Context) -> Suggestion | None:
     wall = ctx.median("wall_s")
     if not wall or len(ctx.incremental) < MIN_BUILDS:
         return None
@@ -458,7 +464,7 @@ def split_crate(ctx: Context) -> dict[str, Any] | None:
     return None
 
 
-def sccache(ctx: Context) -> dict[str, Any] | None:
+def sccache(ctx: Context) -> Suggestion | None:
     wrapper = ctx.env.get("rustc_wrapper") or ""
     if PurePath(str(wrapper)).name != "sccache" or not ctx.incremental:
         return None
@@ -475,7 +481,7 @@ def sccache(ctx: Context) -> dict[str, Any] | None:
     )
 
 
-def cargo_check_loop(ctx: Context) -> dict[str, Any] | None:
+def cargo_check_loop(ctx: Context) -> Suggestion | None:
     recent = [b for b in ctx.builds if b.get("outcome") in ("success", "failure")]
     failed = [b for b in recent if b.get("outcome") == "failure" and b.get("errors")]
     if len(recent) < 5 or len(failed) * 10 < len(recent) * 4:
@@ -493,7 +499,7 @@ def cargo_check_loop(ctx: Context) -> dict[str, Any] | None:
     )
 
 
-def deps_opt_level(ctx: Context) -> dict[str, Any] | None:
+def deps_opt_level(ctx: Context) -> Suggestion | None:
     level = ctx.profile.get("deps_opt_level", 0)
     if not isinstance(level, int) or level < 2:
         return None
@@ -519,7 +525,7 @@ def deps_opt_level(ctx: Context) -> dict[str, Any] | None:
     )
 
 
-RULES: tuple[Callable[[Context], dict[str, Any] | None], ...] = (
+RULES: tuple[Callable[[Context], Suggestion | None], ...] = (
     debuginfo_line_tables,
     deps_no_debuginfo,
     split_debuginfo,
@@ -538,7 +544,7 @@ RULES: tuple[Callable[[Context], dict[str, Any] | None], ...] = (
 )
 
 
-def suggest(ctx: Context) -> tuple[list[dict[str, Any]], str | None]:
+def suggest(ctx: Context) -> tuple[list[Suggestion], str | None]:
     """(suggestions ranked by expected seconds saved per rebuild, a hint when data is short)."""
     found = [made for rule in RULES if (made := rule(ctx)) is not None]
     found.sort(key=lambda made: -made["expected"]["saves_s"])

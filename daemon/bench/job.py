@@ -4,18 +4,18 @@ builds held meanwhile and the report stored for `rbd suggest`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from rbd.contract import paths, protocol
-from rbd.contract.schema import BenchCancelReply, BenchReply, BenchReport
+from rbd.contract.schema import BenchCancelReply, BenchFinished, BenchReply, BenchReport
 from rbd.daemon import logsetup
-from rbd.daemon.bench.runner import Bench, Options
+from rbd.daemon.bench.runner import Bench, Emit, Options
 from rbd.daemon.build.shim import Shims
 from rbd.daemon.errors import BenchCancelled, Busy, DaemonError, NotWatched, StoreError
 from rbd.daemon.projects import workspace as workspaces
@@ -91,8 +91,11 @@ class Benches:
         except StoreError as exc:
             log.error("store_failed", error=str(exc))
 
-        def emit(event: dict[str, Any]) -> None:
+        def emit(event: Mapping[str, Any]) -> None:
             self.hub.publish({"project": root, **event})
+
+        def finished(event: BenchFinished) -> None:
+            emit(event)
 
         if self.running is not None:  # another request won the race while cargo metadata ran
             raise Busy(f"a bench of {self.running.root} is running")
@@ -108,24 +111,32 @@ class Benches:
                 with job.scope:
                     scheduler.pause()
                     await scheduler.wait_idle()
-                    # The runner builds the report in the shape BenchReport spells out.
-                    job.report = cast(BenchReport, await job.bench.run())
+                    job.report = await job.bench.run()
                 if job.report is None:
                     raise BenchCancelled("the bench was cancelled; nothing was recorded")
                 try:
                     job.report["id"] = await self.store.call(
-                        self.store.sync.record_bench, root, dict(job.report)
+                        self.store.sync.record_bench, root, job.report.copy()
                     )
                 except StoreError as exc:
                     log.error("store_failed", error=str(exc))
-                emit({"event": protocol.BENCH_FINISHED, "report": job.report})
+                finished({"project": root, "event": protocol.BENCH_FINISHED, "report": job.report})
             except DaemonError as exc:
                 job.error = exc
-                emit({"event": protocol.BENCH_FINISHED, "error": str(exc), "code": exc.code})
+                finished(
+                    {
+                        "project": root,
+                        "event": protocol.BENCH_FINISHED,
+                        "error": str(exc),
+                        "code": exc.code,
+                    }
+                )
             except Exception as exc:
                 log.exception("bench_failed", root=root)
                 job.error = DaemonError(f"the bench failed: {type(exc).__name__}: {exc}")
-                emit({"event": protocol.BENCH_FINISHED, "error": str(job.error)})
+                finished(
+                    {"project": root, "event": protocol.BENCH_FINISHED, "error": str(job.error)}
+                )
             finally:
                 scheduler.resume()
                 self.running = None
@@ -149,14 +160,12 @@ class Benches:
         return {"cancelled": True, "project": job.root}
 
 
-def run_foreground(
-    path: str, env: dict[str, str], options: Options, emit: Callable[[dict[str, Any]], None]
-) -> dict[str, Any]:
+def run_foreground(path: str, env: dict[str, str], options: Options, emit: Emit) -> BenchReport:
     """`rbd bench --foreground`: the same bench in the calling process, without a daemon
     (so nothing pauses a daemon's builds of the project meanwhile)."""
     logsetup.configure(paths.log_path())
 
-    async def main() -> dict[str, Any]:
+    async def main() -> BenchReport:
         workspace = await workspaces.load(Path(path), env)
         root = str(workspace.root)
         try:

@@ -26,10 +26,11 @@ import anyio
 import structlog
 
 from rbd.contract import protocol
+from rbd.contract.schema import BenchProgress, BenchReport, BenchResult, BenchStarted
 from rbd.daemon.bench import source
 from rbd.daemon.build import cargo_config, configurations
 from rbd.daemon.build.builder import Build
-from rbd.daemon.build.records import BuildResult
+from rbd.daemon.build.records import BuildResult, phases_of
 from rbd.daemon.build.shim import Shim, Shims
 from rbd.daemon.errors import ConfigError
 from rbd.daemon.projects import settings
@@ -42,7 +43,7 @@ MODES = ("clean", "incremental")
 NOISY = 0.10  # σ/mean above this flags a result as noisy
 MAX_RUNS = 100
 CLEAN_TIMEOUT_S = 120.0
-Emit = Callable[[dict[str, Any]], None]
+Emit = Callable[[BenchStarted | BenchProgress], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +102,7 @@ class Bench:
         self.done = 0
         self.total = 0
 
-    async def run(self) -> dict[str, Any]:
+    async def run(self) -> BenchReport:
         started_at = now_iso()
         workspace = self.workspace
         if workspace.metadata_error:
@@ -135,6 +136,7 @@ class Bench:
         # Announced once the copy is made: what the bench measures is the sources as of now.
         self.emit(
             {
+                "project": str(root),
                 "event": protocol.BENCH_STARTED,
                 "configs": [c.name for c in chosen],
                 "modes": list(self.options.modes),
@@ -175,6 +177,7 @@ class Bench:
         self.done += 1
         self.emit(
             {
+                "project": str(self.workspace.root),
                 "event": protocol.BENCH_PROGRESS,
                 "config": series.config.name,
                 "mode": series.mode,
@@ -302,16 +305,16 @@ def _median_run(s: Series) -> BuildResult:
 
 def _results(
     chosen: list[configurations.BuildConfig], series: list[Series], modes: tuple[str, ...]
-) -> list[dict[str, Any]]:
+) -> list[BenchResult]:
     baseline = _baseline(chosen)
     by_key = {(s.config.name, s.mode): s for s in series}
-    out: list[dict[str, Any]] = []
+    out: list[BenchResult] = []
     for mode in modes:
         base = by_key.get((baseline, mode))
         base_median = statistics.median(base.walls) if base and base.walls else None
         for config in chosen:
             s = by_key.get((config.name, mode))
-            row: dict[str, Any] = {
+            row: BenchResult = {
                 "config": config.name,
                 "mode": mode,
                 "available": config.available,
@@ -330,15 +333,13 @@ def _results(
                 mean = statistics.fmean(s.walls)
                 stddev = statistics.stdev(s.walls) if len(s.walls) > 1 else 0.0
                 median = statistics.median(s.walls)
-                row.update(
-                    mean_s=round(mean, 4),
-                    stddev_s=round(stddev, 4),
-                    min_s=round(min(s.walls), 4),
-                    median_s=round(median, 4),
-                    noisy=mean > 0 and stddev / mean > NOISY,
-                    phases=_median_run(s).phases,
-                    runs_s=[round(w, 4) for w in s.walls],
-                )
+                row["mean_s"] = round(mean, 4)
+                row["stddev_s"] = round(stddev, 4)
+                row["min_s"] = round(min(s.walls), 4)
+                row["median_s"] = round(median, 4)
+                row["noisy"] = mean > 0 and stddev / mean > NOISY
+                row["phases"] = phases_of(_median_run(s).phases)
+                row["runs_s"] = [round(w, 4) for w in s.walls]
                 if base_median:
                     row["delta_s"] = round(median - base_median, 4)
                     row["delta_pct"] = round(100 * (median - base_median) / base_median, 1)

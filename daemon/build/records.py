@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from rbd.contract.protocol import PHASE_KEYS
+from rbd.contract.schema import BuildSummary, Outcome, Phases, Unit
 
 
 @dataclass
@@ -36,7 +36,7 @@ class UnitRecord:
     dirty_reason: str | None = None
     critical_path: bool = False
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> Unit:
         return {
             "name": self.name,
             "target": self.target,
@@ -56,7 +56,7 @@ class UnitRecord:
 
 @dataclass
 class BuildResult:
-    outcome: str
+    outcome: Outcome
     wall_s: float
     # From the first change rbd saw to cargo's spawn; None for a first build.
     settle_s: float | None = None
@@ -72,6 +72,7 @@ class BuildResult:
     first_error: str | None = None
     diagnostics: str = ""
     units: list[UnitRecord] = field(default_factory=list)
+    # Keyed by PHASE_KEYS (filled in as measured; see phases_of).
     phases: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(PHASE_KEYS))
 
     @property
@@ -104,7 +105,7 @@ def summary(
     trigger: Sequence[str],
     command: Sequence[str],
     config: str,
-    outcome: str | None,
+    outcome: Outcome | None,
     wall_s: float | None,
     settle_s: float | None,
     errors: int | None,
@@ -112,9 +113,9 @@ def summary(
     units_rebuilt: int | None,
     units_fresh: int | None,
     linker: str | None,
-    phases: dict[str, float | None],
+    phases: Mapping[str, float | None],
     rustc_wrapper: str | None = None,
-) -> dict[str, Any]:
+) -> BuildSummary:
     """A build summary in the shape `history --json` prints (one place builds it)."""
     return {
         "id": build_id,
@@ -132,13 +133,28 @@ def summary(
         "units_fresh": units_fresh,
         "linker": linker,
         "rustc_wrapper": rustc_wrapper,
-        "phases": {key: phases.get(key) for key in PHASE_KEYS},
+        "phases": phases_of(phases),
+    }
+
+
+def phases_of(values: Mapping[str, float | None]) -> Phases:
+    """The phases in the shape a summary or a bench result gives them: every key of
+    PHASE_KEYS (the keys of schema.Phases), in its order, null where not measured."""
+    return {
+        "overhead_s": values.get("overhead_s"),
+        "compile_s": values.get("compile_s"),
+        "frontend_s": values.get("frontend_s"),
+        "codegen_s": values.get("codegen_s"),
+        "link_s": values.get("link_s"),
+        "build_script_s": values.get("build_script_s"),
+        "lock_wait_s": values.get("lock_wait_s"),
+        "other_s": values.get("other_s"),
     }
 
 
 def finished_summary(
     build_id: int | None, header: BuildHeader, result: BuildResult
-) -> dict[str, Any]:
+) -> BuildSummary:
     """The summary of a build that just finished (the shape `summary` gives the store's rows)."""
     return summary(
         build_id=build_id,

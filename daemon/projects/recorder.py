@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from rbd.contract import protocol
+from rbd.contract.schema import BuildFinished, BuildStarted, BuildSummary, CurrentBuild
 from rbd.daemon.build.builder import Build
 from rbd.daemon.build.records import BuildHeader, BuildResult, finished_summary
 from rbd.daemon.errors import StoreError
@@ -54,7 +55,7 @@ class Recording:
         self.header = header
         self.build_id = build_id
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> CurrentBuild:
         """The build while it runs, as `rbd status` shows it (`current`)."""
         return {
             "build_id": self.build_id,
@@ -64,6 +65,7 @@ class Recording:
         }
 
     def emit(self, event: dict[str, Any]) -> None:
+        """Publish an event of the running Build (its EventSink), with project and build id."""
         event.setdefault("project", self.header.project)
         event.setdefault("build_id", self.build_id)
         self.hub.publish(event)
@@ -72,16 +74,17 @@ class Recording:
         """cargo runs (Build's on_spawn): the settle time is known, and announced."""
         if first_seen is not None:
             build.result.settle_s = build.spawned_at - first_seen
-        self.emit(
-            {
-                "event": protocol.BUILD_STARTED,
-                "trigger": list(self.header.trigger),
-                "command": build.argv,
-                "started_at": self.header.started_at,
-                "settle_s": build.result.settle_s,
-                "spawned_at": build.spawned_wall_ns / 1e9,
-            }
-        )
+        event: BuildStarted = {
+            "event": protocol.BUILD_STARTED,
+            "trigger": list(self.header.trigger),
+            "command": build.argv,
+            "started_at": self.header.started_at,
+            "settle_s": build.result.settle_s,
+            "spawned_at": build.spawned_wall_ns / 1e9,
+            "project": self.header.project,
+            "build_id": self.build_id,
+        }
+        self.hub.publish(event)
 
     async def process_group(self, build: Build) -> None:
         """Store the build's process group once cargo has one (a task beside the build)."""
@@ -94,7 +97,7 @@ class Recording:
             except StoreError as exc:
                 log.error("store_failed", error=str(exc), root=self.header.project)
 
-    async def finish(self, result: BuildResult) -> dict[str, Any]:
+    async def finish(self, result: BuildResult) -> BuildSummary:
         """Store the result (or keep it for later), announce it; returns the build's summary.
         Never raises StoreError."""
         saved = False
@@ -115,12 +118,13 @@ class Recording:
             wall_s=round(result.wall_s, 3),
             trigger=list(self.header.trigger[:20]),
         )
-        self.emit(
-            {
-                "event": protocol.BUILD_FINISHED,
-                "build": build,
-                "units": [unit.to_json() for unit in result.units],
-                "first_error": result.first_error,
-            }
-        )
+        event: BuildFinished = {
+            "event": protocol.BUILD_FINISHED,
+            "build": build,
+            "units": [unit.to_json() for unit in result.units],
+            "first_error": result.first_error,
+            "project": self.header.project,
+            "build_id": self.build_id,
+        }
+        self.hub.publish(event)
         return build

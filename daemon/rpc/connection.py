@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -31,7 +32,7 @@ class Connection:
         # `shutdown`: the daemon is told to stop once the reply is sent.
         self.shutdown_after_reply = False
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: Mapping[str, Any]) -> None:
         """Raises TimeoutError after SEND_TIMEOUT_S, and anyio's stream errors or
         OSError if the client left."""
         async with self.send_lock:
@@ -39,7 +40,7 @@ class Connection:
                 await self.stream.send(encode(message))
 
 
-def encode(message: dict[str, Any]) -> bytes:
+def encode(message: Mapping[str, Any]) -> bytes:
     try:
         return protocol.encode(message)
     except UnicodeEncodeError:

@@ -10,6 +10,7 @@ The buffer's size is the daemon's RBD_SUBSCRIBER_BUFFER tunable
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +24,9 @@ log = structlog.get_logger("events")
 @dataclass(eq=False)
 class Subscription:
     project: str | None
-    send: MemoryObjectSendStream[dict[str, Any]]
-    receive: MemoryObjectReceiveStream[dict[str, Any]]
+    # Events (schema.Event): those rbd.daemon.build.builder makes are still plain dicts.
+    send: MemoryObjectSendStream[Mapping[str, Any]]
+    receive: MemoryObjectReceiveStream[Mapping[str, Any]]
     dropped: anyio.Event = field(default_factory=anyio.Event)
 
 
@@ -34,7 +36,7 @@ class EventHub:
         self._subscribers: set[Subscription] = set()
 
     def subscribe(self, project: str | None) -> Subscription:
-        send, receive = anyio.create_memory_object_stream[dict[str, Any]](self.buffer)
+        send, receive = anyio.create_memory_object_stream[Mapping[str, Any]](self.buffer)
         subscription = Subscription(project, send, receive)
         self._subscribers.add(subscription)
         return subscription
@@ -43,7 +45,7 @@ class EventHub:
         self._subscribers.discard(subscription)
         subscription.send.close()
 
-    def publish(self, event: dict[str, Any]) -> None:
+    def publish(self, event: Mapping[str, Any]) -> None:
         for subscription in list(self._subscribers):
             if subscription.project not in (None, event.get("project")):
                 continue

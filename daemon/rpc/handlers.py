@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import anyio
 
@@ -28,12 +28,9 @@ from rbd.contract.schema import (
     BenchCancelRequest,
     BenchReply,
     BenchRequest,
-    BuildDetail,
-    BuildSummary,
     HelloReply,
     HistoryReply,
     HistoryRequest,
-    ProjectStatus,
     ShowReply,
     ShowRequest,
     ShutdownReply,
@@ -66,11 +63,6 @@ Handler = Callable[[Services, Connection, Any], Awaitable[Mapping[str, Any]]]
 
 def hello(info: DaemonInfo) -> HelloReply:
     return {"protocol": info.protocol, "version": info.version, "pid": info.pid}
-
-
-def _project_status(project: Project) -> ProjectStatus:
-    # Built by the project in the shape ProjectStatus spells out.
-    return cast(ProjectStatus, project.status())
 
 
 def _check_project_path(path: str) -> None:
@@ -134,7 +126,7 @@ async def _status(
             "lost_builds": store.dropped,
             "subscribers": len(services.hub),
         },
-        "projects": [_project_status(project) for project in projects],
+        "projects": [project.status() for project in projects],
     }
 
 
@@ -145,7 +137,7 @@ async def _start(services: Services, connection: Connection, request: StartReque
     path = request["path"]
     _check_project_path(path)
     project, already = await services.registry.start(path, request["env"], request["overrides"])
-    return {"project": _project_status(project), "already": already}
+    return {"project": project.status(), "already": already}
 
 
 async def _stop(services: Services, connection: Connection, request: StopRequest) -> StopReply:
@@ -172,7 +164,7 @@ async def _history(
     if not request["all"]:
         project = await _known(services, request.get("path"))
     builds = await services.store.call(services.store.sync.history, project, request["limit"])
-    return {"project": project, "builds": cast(list[BuildSummary], builds)}
+    return {"project": project, "builds": builds}
 
 
 async def _show(services: Services, connection: Connection, request: ShowRequest) -> ShowReply:
@@ -181,7 +173,7 @@ async def _show(services: Services, connection: Connection, request: ShowRequest
     build = await services.store.call(services.store.sync.build, build_id)
     if build is None:
         raise NotFound(f"no finished build with id {build_id}")
-    return {"build": cast(BuildDetail, build)}
+    return {"build": build}
 
 
 async def _subscribe(
@@ -233,8 +225,7 @@ async def _suggest(
 ) -> SuggestReply:
     """Raises NotWatched, StoreError."""
     project = _advised_project(services, request["path"])
-    found = await advisor.suggestions(services.store, project.key, project.env)
-    return cast(SuggestReply, found)
+    return await advisor.suggestions(services.store, project.key, project.env)
 
 
 async def _tune_apply(
@@ -247,7 +238,7 @@ async def _tune_apply(
         applied = await advisor.apply(
             services.store, project.key, project.env, request["ids"], request["dry_run"]
         )
-    return cast(TuneApplyReply, applied)
+    return applied
 
 
 async def _tune_revert(
@@ -260,7 +251,7 @@ async def _tune_revert(
         reverted = await advisor.revert(
             services.store, project.key, request.get("tune_id"), request["force"]
         )
-    return cast(TuneRevertReply, reverted)
+    return reverted
 
 
 async def _bench(services: Services, connection: Connection, request: BenchRequest) -> BenchReply:

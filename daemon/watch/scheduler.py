@@ -19,6 +19,8 @@ from typing import Protocol
 import anyio
 import structlog
 
+from rbd.contract.schema import State
+
 log = structlog.get_logger("scheduler")
 
 GIT_LOCK_POLL_S = 0.02
@@ -67,7 +69,7 @@ class Scheduler:
     ) -> None:
         self.root = root
         self.settle_s = settle_s
-        self._state = "idle"
+        self._state: State = "idle"
         self._on_state = on_state
         self.current: RunningBuild | None = None
         # The last build: what it wrote may reach the watcher after it ended.
@@ -84,11 +86,11 @@ class Scheduler:
         self._idle.set()
 
     @property
-    def state(self) -> str:
+    def state(self) -> State:
         return self._state
 
     @state.setter
-    def state(self, state: str) -> None:
+    def state(self, state: State) -> None:
         if state != self._state:
             self._state = state
             self._on_state(state)
