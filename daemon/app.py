@@ -104,6 +104,7 @@ class Daemon:
         listener = await anyio.create_unix_listener(socket_path)
         os.chmod(socket_path, 0o600)
         async with anyio.create_task_group() as tg:
+            await tg.start(procs.take_charge, paths.store_path())
             registry = Registry(self.store, self.hub, tg, self.shims)
             benches = Benches(registry, self.store, self.hub, self.shims)
             await tg.start(benches.run)

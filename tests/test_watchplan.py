@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from rbd.daemon.projects.workspace import Workspace
-from rbd.daemon.watch.plan import WatchPlan, is_trigger
+from rbd.daemon.watch.plan import WatchPlan, is_trigger, is_utf8
 
 
 def tree(root: Path) -> WatchPlan:
@@ -104,3 +106,53 @@ def test_replan_for_new_dirs_where_only_a_flat_watch_sees_them(tmp_path: Path) -
     assert plan.needs_replan(tmp_path / ".gitignore")
     (tmp_path / "src" / "deep").mkdir()
     assert not plan.needs_replan(tmp_path / "src" / "deep")  # the recursive watch covers it
+
+
+def test_dirs_with_names_that_are_not_utf8_are_polled_never_watched(tmp_path: Path) -> None:
+    # watchfiles fails a whole batch on any event for such a name (rbd's own read of
+    # the file included) and cannot be given such a directory at all.
+    tree(tmp_path)
+    root = os.fsencode(tmp_path)
+    with open(root + b"/src/api/\xe9t\xe9.rs", "w") as f:
+        f.write("\n")
+    os.makedirs(root + b"/web/src/d\xe9j\xe0/inner")
+    with open(root + b"/web/src/d\xe9j\xe0/inner/m.rs", "w") as f:
+        f.write("\n")
+    workspace = Workspace(tmp_path, tmp_path / "target", (tmp_path, tmp_path / "crates" / "a"))
+    plan = WatchPlan.build(workspace)
+    odd_dir = Path(os.fsdecode(root + b"/web/src/d\xe9j\xe0"))
+    assert set(plan.polled) == {
+        tmp_path / "src" / "api",
+        tmp_path / "web" / "src",
+        odd_dir,
+        odd_dir / "inner",
+    }
+    watched = [*plan.flat, *plan.recursive]
+    assert all(is_utf8(str(p)) for p in watched)
+    for polled in plan.polled:
+        assert not any(polled.is_relative_to(w) for w in plan.recursive), polled
+    assert tmp_path / "src" in plan.flat and tmp_path / "web" / "src" not in plan.flat
+    # Their files are still build inputs, their names kept as os.fsdecode gives them.
+    assert Path(os.fsdecode(root + b"/src/api/\xe9t\xe9.rs")) in plan.digests
+    assert odd_dir / "inner" / "m.rs" in plan.digests
+    (odd_dir / "new").mkdir()
+    assert plan.needs_replan(odd_dir / "new")  # a polled directory is a flat watch
+
+
+def test_a_watched_dir_replaced_under_its_name_needs_a_new_plan(tmp_path: Path) -> None:
+    plan = tree(tmp_path)
+    assert plan.replaced() == []
+    src = tmp_path / "src"
+    src.rename(tmp_path / "src-old")
+    shutil.copytree(tmp_path / "src-old", src)
+    # The watch followed src-old: same name, another directory.
+    assert plan.needs_replan(src)
+    assert not plan.needs_replan(tmp_path / "crates")
+    moved = tmp_path.with_name(tmp_path.name + "-old")
+    tmp_path.rename(moved)
+    try:
+        assert plan.replaced() == [tmp_path]
+        shutil.copytree(moved, tmp_path, symlinks=True)
+        assert plan.replaced() == [tmp_path]
+    finally:
+        shutil.rmtree(moved)

@@ -27,7 +27,8 @@ import structlog
 from anyio.abc import ByteReceiveStream
 
 from rbd.contract import protocol
-from rbd.daemon.build import linker, procs, timings
+from rbd.contract.schema import BuildCounts
+from rbd.daemon.build import linker, procs, rootguard, timings
 from rbd.daemon.build.records import BuildResult, UnitRecord
 from rbd.daemon.build.shim import Shim, read_links
 
@@ -91,6 +92,8 @@ class Build:
         self.emit = emit
         self.pgid: int | None = None
         self.pg_start: int | None = None
+        # In the environment of cargo and of every process it starts (see `procs`).
+        self.marker = procs.new_marker()
         self.spawned = anyio.Event()
         self.spawned_at = 0.0
         self.done = 0
@@ -116,7 +119,7 @@ class Build:
         self._shim = shim
         self._timing_dir: Path | None = None
 
-    def progress(self) -> dict[str, Any]:
+    def progress(self) -> BuildCounts:
         return {
             "done": self.done,
             "total": self.total,
@@ -125,9 +128,11 @@ class Build:
         }
 
     def cancel(self) -> None:
+        """Kill cargo's group and its descendants now; what carries the build's marker
+        elsewhere is killed by the `kill_build_and_wait` that follows in run() or stop()."""
         self._cancelled = True
         if self.pgid is not None:
-            procs.kill_group(self.pgid)
+            procs.kill_tree(self.pgid)
 
     async def stop(self) -> BuildResult:
         """End a build whose run() its caller's cancellation interrupted: kill its process
@@ -137,7 +142,7 @@ class Build:
         with anyio.CancelScope(shield=True):
             self.cancel()
             if self.pgid is not None:
-                await procs.kill_group_and_wait(self.pgid)
+                await procs.kill_build_and_wait(self.marker, self.pgid)
         self.result.outcome = "cancelled"
         self.result.wall_s = time.monotonic() - self.spawned_at
         return self.result
@@ -168,8 +173,16 @@ class Build:
         if self._shim is not None:
             self._timing_dir = Path(tempfile.mkdtemp(prefix="rbd-links-"))
             env = self._shim.build_env(env, self.result.rustc_wrapper, self._timing_dir)
+        # Which directories the project's path named at the start: cargo recreates a
+        # root that moved away mid-build (see rootguard).
+        before = rootguard.lineage(self.cwd)
         try:
-            return await self._run(env)
+            result = await self._run(env)
+            if self.spawned_wall_ns and rootguard.identity(self.cwd) != before[0][1]:
+                await anyio.to_thread.run_sync(
+                    rootguard.remove_recreated, before, self.spawned_wall_ns
+                )
+            return result
         finally:
             if self._timing_dir is not None:
                 shutil.rmtree(self._timing_dir, ignore_errors=True)
@@ -179,13 +192,15 @@ class Build:
         self.spawned_at = time.monotonic()
         self.spawned_wall_ns = time.time_ns()
         try:
-            process = await anyio.open_process(
-                self.argv,
-                cwd=self.cwd,
-                env=env,
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-            )
+            with procs.spawning():
+                process = await anyio.open_process(
+                    self.argv,
+                    cwd=self.cwd,
+                    env={**env, procs.MARKER: self.marker},
+                    start_new_session=True,
+                    stdin=subprocess.DEVNULL,
+                )
+                procs.lead(process.pid)
         except OSError as exc:
             result.outcome = "failure"
             result.first_error = f"cannot run {self.argv[0]}: {exc}"
@@ -207,12 +222,12 @@ class Build:
             timed_out = True
         with anyio.CancelScope(shield=True):
             if timed_out or self._cancelled:
-                await procs.kill_group_and_wait(self.pgid)
+                await procs.kill_build_and_wait(self.marker, self.pgid)
                 await process.wait()
-            elif procs.group_alive(self.pgid):
-                # cargo exited but left something running (a build script's
-                # daemonized child): it must not outlive the build.
-                await procs.kill_group_and_wait(self.pgid)
+            else:
+                # cargo exited but may have left something running (a build
+                # script's daemonized child): it must not outlive the build.
+                await procs.kill_build_and_wait(self.marker, self.pgid)
         result.wall_s = time.monotonic() - self.spawned_at
         if timed_out:
             result.outcome = "timeout"

@@ -15,6 +15,7 @@ import anyio
 import structlog
 
 from rbd.contract import protocol
+from rbd.contract.schema import BuildSummary, CurrentBuild, ProjectState, ProjectStatus, State
 from rbd.daemon.build import cargo_config
 from rbd.daemon.build.builder import Build
 from rbd.daemon.build.configurations import BuildConfig
@@ -61,7 +62,7 @@ class Project:
         self.problem: str | None = None
         # A manifest changed: re-read the workspace before the next build.
         self._reload_soon = False
-        self.last_build: dict[str, Any] | None = None
+        self.last_build: BuildSummary | None = None
         self.current: recorder.Recording | None = None
         self._build: Build | None = None
         self.scheduler = Scheduler(
@@ -78,7 +79,7 @@ class Project:
         return str(self.root)
 
     @property
-    def state(self) -> str:
+    def state(self) -> State:
         """One of protocol.STATES."""
         return "gone" if self.watcher.gone else self.scheduler.state
 
@@ -87,10 +88,19 @@ class Project:
         state = self.state
         if state != self._state:
             self._state = state
-            self.hub.publish({"event": protocol.PROJECT_STATE, "project": self.key, "state": state})
+            event: ProjectState = {
+                "event": protocol.PROJECT_STATE,
+                "project": self.key,
+                "state": state,
+            }
+            self.hub.publish(event)
 
     def _on_problem(self, message: str | None) -> None:
         self.problem = message
+        if self.watcher.gone and self._build is not None:
+            # The root moved away mid-build: nothing cargo still builds is the project's,
+            # and what it writes by absolute path would recreate the old root.
+            self._build.cancel()
         self._on_state(self.state)  # the watcher reports its root gone, or back, through here
 
     def _on_change(self, paths: list[str]) -> None:
@@ -210,8 +220,8 @@ class Project:
         self.build_config = build_config
         self.scheduler.settle_s = config.settle_ms / 1000
 
-    def status(self) -> dict[str, Any]:
-        current = None
+    def status(self) -> ProjectStatus:
+        current: CurrentBuild | None = None
         if self.current is not None:
             current = self.current.to_json()
             if self._build is not None:

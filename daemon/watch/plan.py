@@ -12,6 +12,16 @@ since cargo creates `target/` in them later.
 The walk also records a digest of every file that can trigger a build, so a
 write that leaves the content unchanged (a `touch`, a `git checkout` of the
 same content, an editor saving an unmodified buffer) triggers nothing.
+
+watchfiles hands paths over as UTF-8 text: any event on a name that is not
+UTF-8 (`src/\\xe9t\\xe9.rs`, even rbd's own read of it) fails the whole batch,
+and such a directory cannot be passed to it at all. A directory with such a
+name, or holding one, is therefore polled by rbd (`polled`), never watched,
+and no recursive watch covers it.
+
+Each watched directory's identity (st_dev, st_ino) is recorded: an inotify
+watch follows its directory when it is renamed, so a directory replaced under
+the same name (`mv p p-old && cp -a p-old p`) is told apart only by it.
 """
 
 from __future__ import annotations
@@ -29,6 +39,27 @@ CARGO_CONFIG_NAMES = frozenset({"config", "config.toml"})
 IGNORE_FILES = frozenset({".gitignore", ".ignore"})
 # Digests of larger files are (size, mtime): reading them on every save costs more than it saves.
 MAX_DIGEST_BYTES = 16 << 20
+
+# (st_dev, st_ino): which directory a path names right now.
+Identity = tuple[int, int]
+
+
+def identity(path: Path) -> Identity | None:
+    """The directory at path now (symlinks followed), None if there is none."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino) if os.path.isdir(path) else None
+
+
+def is_utf8(name: str) -> bool:
+    """Whether a name (as os.fsdecode gives it) is UTF-8 on disk, i.e. watchfiles can take it."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def is_trigger(path: Path) -> bool:
@@ -64,7 +95,11 @@ class WatchPlan:
     trees: list[Tree] = field(default_factory=list)
     flat: list[Path] = field(default_factory=list)
     recursive: list[Path] = field(default_factory=list)
+    # Watched flat by rbd's own polling: their names, or their entries' names, are not UTF-8.
+    polled: list[Path] = field(default_factory=list)
     digests: dict[Path, bytes] = field(default_factory=dict)
+    # Every watched directory (flat, recursive, polled, and each tree's top) when planned.
+    identities: dict[Path, Identity] = field(default_factory=dict)
     _flat_set: set[Path] = field(default_factory=set)
     _recursive_set: set[Path] = field(default_factory=set)
 
@@ -81,7 +116,12 @@ class WatchPlan:
             tree = Tree(top, IgnoreRules.load(top))
             plan.trees.append(tree)
             plan._walk(top, tree, is_top=True)
-        plan._flat_set = set(plan.flat)
+        for directory in (*plan.flat, *plan.recursive, *plan.polled):
+            found = identity(directory)
+            if found is not None:
+                plan.identities[directory] = found
+        # Both kinds of flat watch see a directory appear or vanish among their entries.
+        plan._flat_set = {*plan.flat, *plan.polled}
         plan._recursive_set = set(plan.recursive)
         return plan
 
@@ -104,6 +144,9 @@ class WatchPlan:
         except OSError:
             return False
         clean = not is_top and not self.workspace.target_dir.is_relative_to(directory)
+        # Below a name that is not UTF-8 every path is one too.
+        polled = not is_utf8(str(directory)) or not all(is_utf8(e.name) for e in entries)
+        clean = clean and not polled
         clean_children = []
         for entry in entries:
             path = Path(entry.path)
@@ -123,9 +166,15 @@ class WatchPlan:
                 if found is not None:
                     self.digests[path] = found
         if not clean:
-            self.flat.append(directory)
+            (self.polled if polled else self.flat).append(directory)
             self.recursive.extend(clean_children)
         return clean
+
+    def replaced(self) -> list[Path]:
+        """The trees' tops that are gone, or are no longer the directories planned for
+        (a stat each: cheap enough to ask on every batch of changes)."""
+        tops = [tree.top for tree in self.trees]
+        return [top for top in tops if identity(top) != self.identities.get(top)]
 
     def tree_for(self, path: Path) -> Tree | None:
         for tree in self.trees:
@@ -153,7 +202,8 @@ class WatchPlan:
         if path.parent not in self._flat_set:
             return False
         if path in self._flat_set or path in self._recursive_set:
-            return not path.is_dir()
+            # Gone, or another directory under its name (its watch followed the old one).
+            return identity(path) != self.identities.get(path)
         tree = self.tree_for(path)
         return path.is_dir() and tree is not None and not self._excluded_dir(path, tree)
 

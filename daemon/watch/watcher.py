@@ -5,7 +5,17 @@ children), one recursive (clean subtrees). Raw events are sorted out in a
 worker thread (digests read files) and only real content changes of
 trigger files reach the callback, as paths relative to the project root.
 Where inotify fails (its watch limit exhausted), the same directories are
-polled instead, and the project's status says why.
+polled instead, and the project's status says why. Directories watchfiles
+cannot take (names that are not UTF-8) are polled by rbd alongside.
+
+The project's root is the directory planned for, not the path: an inotify
+watch follows its directory when renamed, so after `mv p p-old && cp -a p-old
+p` rbd would watch p-old under p's name. The trees' tops are compared with the
+planned (st_dev, st_ino) on every batch (the root's own rename arrives as a
+`deleted` of the root within one step) and every GONE_POLL_S; a replaced root
+is planned afresh and the old one's batches are dropped. A root that vanished
+counts as back only once it holds a Cargo.toml again: cargo recreates an empty
+`target/` at the old path when the project moves away mid-build.
 """
 
 from __future__ import annotations
@@ -19,10 +29,11 @@ import anyio
 import anyio.to_thread
 import structlog
 from watchfiles import Change, awatch
+from watchfiles._rust_notify import WatchfilesRustInternalError
 
 from rbd.daemon.projects.workspace import Workspace
 from rbd.daemon.watch.ignore import ALWAYS_IGNORED_DIRS
-from rbd.daemon.watch.plan import WatchPlan
+from rbd.daemon.watch.plan import WatchPlan, identity
 
 # watchfiles hands over a batch once no new event came for this long; its
 # default (50 ms) alone would spend the whole save-to-build budget.
@@ -78,12 +89,22 @@ class Watcher:
 
     @property
     def watch_count(self) -> int:
-        return 0 if self.plan is None else len(self.plan.flat) + len(self.plan.recursive)
+        plan = self.plan
+        return 0 if plan is None else len(plan.flat) + len(plan.recursive) + len(plan.polled)
+
+    def _root_present(self) -> bool:
+        root = self.workspace.root
+        if not root.is_dir():
+            return False
+        if self.plan is None or identity(root) == self.plan.identities.get(root):
+            return True
+        # Another directory under the root's name: the project only if it is one.
+        return _is_project(root)
 
     async def run(self) -> None:
         while not self._closed:
             self._replan = anyio.Event()
-            if not self.workspace.root.is_dir():
+            if not self._root_present():
                 await self._wait_for_root()
                 continue
             plan = await anyio.to_thread.run_sync(WatchPlan.build, self.workspace)
@@ -99,6 +120,7 @@ class Watcher:
                 root=str(self.workspace.root),
                 flat=len(plan.flat),
                 recursive=len(plan.recursive),
+                polled=len(plan.polled),
                 files=len(plan.digests),
                 polling=self._force_polling,
             )
@@ -106,11 +128,13 @@ class Watcher:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch, plan, plan.flat, False, stop)
                 tg.start_soon(self._watch, plan, plan.recursive, True, stop)
+                if plan.polled:
+                    tg.start_soon(self._poll, plan, plan.polled, False, stop)
                 tg.start_soon(self._recheck, plan)
                 self.ready.set()
-                # inotify says nothing when the watched root itself is renamed
-                # away: a stat now and then notices.
-                while not self._replan.is_set() and self.workspace.root.is_dir():
+                # Should the root's rename not come as an event (a watch limit, a
+                # polled root), a stat now and then notices.
+                while not self._replan.is_set() and not self._replaced(plan):
                     with anyio.move_on_after(GONE_POLL_S):
                         await self._replan.wait()
                 stop.set()
@@ -136,7 +160,7 @@ class Watcher:
         self.gone = True
         self._on_problem(f"{self.workspace.root} no longer exists; rbd resumes if it comes back")
         log.warning("project_gone", root=str(self.workspace.root))
-        while not self._closed and not self.workspace.root.is_dir():
+        while not self._closed and not _is_project(self.workspace.root):
             with anyio.move_on_after(GONE_POLL_S):
                 await self._replan.wait()
         self.gone = False
@@ -167,6 +191,15 @@ class Watcher:
         except FileNotFoundError:
             # A watched directory vanished between planning and watching.
             self._replan.set()
+        except WatchfilesRustInternalError as exc:
+            if "decode" not in str(exc):
+                self._fall_back_to_polling(exc)
+                return
+            # A name that is not UTF-8 appeared since the plan: the batch is lost, and
+            # the next plan polls its directory. What the lost batch held is still
+            # found: the next plan's digests are compared with this one's (_missed).
+            log.warning("watch_batch_lost", error=str(exc), replan=True)
+            self._replan.set()
         except PermissionError:
             # Made unreadable since the plan, which the next plan leaves out;
             # the pause keeps a directory that stays so from spinning us.
@@ -175,19 +208,22 @@ class Watcher:
         except OSError as exc:
             if self._force_polling:
                 raise
-            if "limit" in str(exc) or exc.errno == errno.ENOSPC:
-                message = (
-                    "the inotify watch limit (fs.inotify.max_user_watches) is exhausted; rbd "
-                    "polls this project instead, which notices saves later. Raise the limit "
-                    "(sudo sysctl fs.inotify.max_user_watches=524288), then `rbd stop` and "
-                    "`rbd start`"
-                )
-            else:
-                message = f"file watching failed ({exc}); rbd polls this project instead"
-            log.error("watch_failed", error=str(exc), fallback="polling")
-            self._on_problem(message)
-            self._force_polling = True
-            self._replan.set()
+            self._fall_back_to_polling(exc)
+
+    def _fall_back_to_polling(self, exc: Exception) -> None:
+        if "limit" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC:
+            message = (
+                "the inotify watch limit (fs.inotify.max_user_watches) is exhausted; rbd "
+                "polls this project instead, which notices saves later. Raise the limit "
+                "(sudo sysctl fs.inotify.max_user_watches=524288), then `rbd stop` and "
+                "`rbd start`"
+            )
+        else:
+            message = f"file watching failed ({exc}); rbd polls this project instead"
+        log.error("watch_failed", error=str(exc), fallback="polling")
+        self._on_problem(message)
+        self._force_polling = True
+        self._replan.set()
 
     async def _poll(
         self, plan: WatchPlan, paths: list[Path], recursive: bool, stop: anyio.Event
@@ -204,7 +240,18 @@ class Watcher:
             if changed and not stop.is_set():
                 await self._handle(plan, [(Change.modified, str(path)) for path in changed])
 
+    def _replaced(self, plan: WatchPlan) -> bool:
+        replaced = plan.replaced()
+        if replaced:
+            log.warning("watched_dir_replaced", dirs=[str(p) for p in replaced])
+        return bool(replaced)
+
     async def _handle(self, plan: WatchPlan, changes: Iterable[tuple[Change, str]]) -> None:
+        if self._replaced(plan):
+            # These watches may follow the old directory (p-old): its changes are not
+            # the project's. The next plan's look at the new one finds what differs.
+            self._replan.set()
+            return
         paths = sorted({Path(path) for _, path in changes})
         changed, replan = await anyio.to_thread.run_sync(_sort_out, plan, paths)
         if changed:
@@ -217,6 +264,10 @@ class Watcher:
         self._on_change(
             [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in changed]
         )
+
+
+def _is_project(root: Path) -> bool:
+    return (root / "Cargo.toml").is_file()
 
 
 def _sort_out(plan: WatchPlan, paths: list[Path]) -> tuple[list[Path], bool]:
