@@ -7,6 +7,7 @@ Errors print as one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -20,6 +21,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
+
+    from rbd.contract.schema import StatusReply
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,7 +116,7 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     with Connection.open() as conn:
         reply = conn.request(protocol.STATUS, path=_dir(args.dir) if args.dir else None)
-    data = {"daemon": reply["daemon"], "projects": reply["projects"]}
+    data: StatusReply = {"daemon": reply["daemon"], "projects": reply["projects"]}
     if args.json:
         _print_json(data)
     else:
@@ -373,6 +376,10 @@ def _parser() -> _Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # A file name that is not UTF-8 (a build's trigger) arrives as os.fsdecode gives
+        # it: written as `\udcXX`, a JSON escape of that same string, never raw bytes.
+        sys.stdout.reconfigure(errors="backslashreplace")
     argv = sys.argv[1:] if argv is None else argv
     # Everything after `--` is for cargo, whatever it looks like.
     cargo_args: list[str] = []
@@ -391,3 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # `rbd history | head`: the reader left; nothing more to say.
         return 0
+    except OSError as exc:
+        # A path rbd could not use that no command named itself: errno's text
+        # and the path say it in one line.
+        print(f"rbd: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        # A bug in rbd: still one line, never a traceback, and still a failure.
+        print(f"rbd: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1

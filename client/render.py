@@ -5,7 +5,10 @@ from __future__ import annotations
 # `import typing` costs ~2 ms of the client's start; mypy honours this name all the same.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
+
+    from rbd.contract.schema import BuildDetail, BuildSummary, Phases, StatusReply
 
 
 MARKS = {"success": "✓", "failure": "✗", "cancelled": "⊘", "interrupted": "⚠", "timeout": "⏱"}
@@ -39,7 +42,7 @@ def duration(value: float) -> str:
     return f"{secs}s"
 
 
-def build_line(build: dict[str, Any], with_project: bool = True) -> str:
+def build_line(build: BuildSummary, with_project: bool = True) -> str:
     """One line per build: mark, wall time, outcome details, units, trigger."""
     outcome = build.get("outcome") or "?"
     parts = [f"{MARKS.get(outcome, '?')} {seconds(build.get('wall_s')):>8}"]
@@ -50,8 +53,8 @@ def build_line(build: dict[str, Any], with_project: bool = True) -> str:
         parts.append(f"failed: {errors}, {plural(build.get('warnings') or 0, 'warning')}")
     elif outcome != "success":
         parts.append(outcome)
-    elif build.get("warnings"):
-        parts.append(plural(build["warnings"], "warning"))
+    elif warnings := build.get("warnings"):
+        parts.append(plural(warnings, "warning"))
     split = phase_split(build.get("phases") or {})
     if split and outcome == "success":
         parts.append(split)
@@ -69,7 +72,7 @@ def build_line(build: dict[str, Any], with_project: bool = True) -> str:
     return "  ".join(parts)
 
 
-def phase_split(phases: dict[str, Any]) -> str:
+def phase_split(phases: Phases) -> str:
     """`frontend 0.22 · codegen 0.41 · …`: measured phases only, in seconds."""
     if phases.get("compile_s") is None:
         return ""
@@ -78,15 +81,15 @@ def phase_split(phases: dict[str, Any]) -> str:
         shown += [("frontend", phases["frontend_s"]), ("codegen", phases["codegen_s"])]
     else:
         shown.append(("compile", phases["compile_s"]))
-    for key, label in (
-        ("link_s", "link"),
-        ("build_script_s", "build scripts"),
-        ("lock_wait_s", "lock wait"),
-        ("overhead_s", "cargo"),
-        ("other_s", "other"),
+    for value, label in (
+        (phases.get("link_s"), "link"),
+        (phases.get("build_script_s"), "build scripts"),
+        (phases.get("lock_wait_s"), "lock wait"),
+        (phases.get("overhead_s"), "cargo"),
+        (phases.get("other_s"), "other"),
     ):
-        if phases.get(key):
-            shown.append((label, phases[key]))
+        if value:
+            shown.append((label, value))
     return " · ".join(f"{label} {value:.2f}" for label, value in shown)
 
 
@@ -102,7 +105,7 @@ PHASE_NOTES = {
 }
 
 
-def status(data: dict[str, Any]) -> str:
+def status(data: StatusReply) -> str:
     daemon = data["daemon"]
     lines = [
         f"rbd daemon {daemon['version']} (protocol {daemon['protocol']}), "
@@ -129,7 +132,7 @@ def status(data: dict[str, Any]) -> str:
             lines.append(f"  config   {build_config}; binaries in {project['artifacts']}")
         current = project.get("current")
         if current:
-            progress = current.get("progress") or {}
+            progress: Mapping[str, Any] = current.get("progress") or {}
             total = progress.get("total")
             counted = f"{progress.get('done', 0)}/{total} units" if total else "starting"
             active = ", ".join(progress.get("active") or [])
@@ -153,13 +156,16 @@ def status(data: dict[str, Any]) -> str:
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
-def trend(builds: list[dict[str, Any]]) -> list[str]:
+def trend(builds: list[BuildSummary], label: str = "") -> list[str]:
     """Median incremental rebuild (successful builds a change triggered) and its sparkline,
-    oldest to newest, over the builds listed."""
+    oldest to newest, over the builds listed (of one project: a median across
+    projects describes none of them)."""
     walls = [
-        b["wall_s"]
+        wall
         for b in reversed(builds)
-        if b.get("outcome") == "success" and b.get("trigger") and b.get("wall_s") is not None
+        if b.get("outcome") == "success"
+        and b.get("trigger")
+        and (wall := b.get("wall_s")) is not None
     ]
     if len(walls) < 2:
         return []
@@ -179,27 +185,60 @@ def trend(builds: list[dict[str, Any]]) -> list[str]:
     moved = sorted(newer)[len(newer) // 2] - sorted(older)[len(older) // 2]
     direction = "faster" if moved < 0 else "slower"
     return [
-        f"incremental rebuilds: median {seconds(median)} over {len(walls)}  {spark}  "
+        f"{label}incremental rebuilds: median {seconds(median)} over {len(walls)}  {spark}  "
         f"(newer half {seconds(abs(moved))} {direction} than older half)",
-        "",
     ]
 
 
-def history(builds: list[dict[str, Any]]) -> str:
+def short_names(roots: list[str]) -> dict[str, str]:
+    """Each project root's last path component, or as many last components as tell it
+    apart from the other roots listed."""
+    parts = {root: root.rstrip("/").split("/") for root in roots}
+    names = {}
+    for root, own in parts.items():
+        depth = 1
+        while depth < len(own) and any(
+            other != root and theirs[-depth:] == own[-depth:] for other, theirs in parts.items()
+        ):
+            depth += 1
+        names[root] = "/".join(own[-depth:])
+    return names
+
+
+# The project column of a history of several projects: wide enough for most crate names.
+PROJECT_COLUMN_MAX = 20
+
+
+def history(builds: list[BuildSummary]) -> str:
+    """A table of builds, newest first, after the median incremental rebuild; when they
+    are of several projects, with a project column and a median per project."""
     if not builds:
         return "no builds recorded yet"
+    roots = list(dict.fromkeys(b["project"] for b in builds))
+    names = short_names(roots) if len(roots) > 1 else {}
+    width = min(PROJECT_COLUMN_MAX, max(len(n) for n in ["project", *names.values()]))
+    trends: list[str] = []
+    if names:
+        for root in roots:
+            own = [b for b in builds if b["project"] == root]
+            trends += trend(own, f"{names[root]}: ")
+    else:
+        trends = trend(builds)
+    project = f"{'project':{width}}  " if names else ""
     header = (
-        f"{'id':>6}  {'started':19}  {'outcome':13} {'wall':>9} {'compile':>7} {'front':>6}"
-        f" {'codegen':>7} {'link':>6} {'other':>6}  {'err':>3} {'warn':>4}  trigger"
+        f"{'id':>6}  {'started':19}  {project}{'outcome':13} {'wall':>9} {'compile':>7}"
+        f" {'front':>6} {'codegen':>7} {'link':>6} {'other':>6}  {'err':>3} {'warn':>4}  trigger"
     )
-    lines = [*trend(builds), header]
+    lines = [*trends, ""] if trends else []
+    lines.append(header)
     for b in builds:
         p = b.get("phases") or {}
         trigger = b.get("trigger") or []
         shown = ", ".join(trigger[:2]) + (f" +{len(trigger) - 2}" if len(trigger) > 2 else "")
+        project = f"{names[b['project']][:width]:{width}}  " if names else ""
         lines.append(
-            f"{b['id']:>6}  {b['started_at'][:19].replace('T', ' '):19}  "
-            f"{MARKS.get(b['outcome'], '?')} {b['outcome']:11} "
+            f"{b['id']:>6}  {b['started_at'][:19].replace('T', ' '):19}  {project}"
+            f"{MARKS.get(b['outcome'] or '', '?')} {b['outcome']:11} "
             f"{seconds(b.get('wall_s')):>9} {_short(p.get('compile_s')):>7} "
             f"{_short(p.get('frontend_s'))} "
             f"{_short(p.get('codegen_s')):>7}"
@@ -210,7 +249,7 @@ def history(builds: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def show(build: dict[str, Any]) -> str:
+def show(build: BuildDetail) -> str:
     lines = [
         f"build #{build['id']}  {build['outcome']}  {seconds(build.get('wall_s'))}",
         f"  project   {build['project']}",
@@ -258,9 +297,9 @@ def show(build: dict[str, Any]) -> str:
     if build.get("diagnostics"):
         lines.append("")
         lines.append(build["diagnostics"].rstrip())
-    elif build.get("first_error"):
+    elif first_error := build.get("first_error"):
         lines.append("")
-        lines.append(build["first_error"])
+        lines.append(first_error)
     return "\n".join(lines)
 
 
@@ -290,11 +329,13 @@ def progress_line(project: str, event: dict[str, Any]) -> str:
     return f"⟳ {name}  {counted}  {seconds(event.get('elapsed_s'))}  {active}"[:160]
 
 
-def suggestions(data: dict[str, Any]) -> str:
+def suggestions(data: Mapping[str, Any]) -> str:
+    """data: a SuggestReply, with what the daemon left out null."""
     env = data.get("environment") or {}
     profile = env.get("profile") or {}
     linkers = ", ".join(k for k, v in (env.get("linkers") or {}).items() if v) or "none found"
     nightly = env.get("nightly") or {}
+    bench, hint = data.get("bench"), data.get("hint")
     lines = [
         f"{data['project']}",
         f"  toolchain  cargo {env.get('cargo_version')}, rustc {env.get('rustc_version')} "
@@ -305,12 +346,12 @@ def suggestions(data: dict[str, Any]) -> str:
         f"opt-level={profile.get('opt_level')} deps opt-level={profile.get('deps_opt_level')} "
         f"codegen-units={profile.get('codegen_units')} incremental={profile.get('incremental')}",
         f"  evidence   {data.get('builds_considered', 0)} incremental rebuilds"
-        + (f"; rbd bench #{data['bench']['id']}" if data.get("bench") else "; no rbd bench yet"),
+        + (f"; rbd bench #{bench['id']}" if bench else "; no rbd bench yet"),
     ]
-    if data.get("hint"):
-        lines += ["", data["hint"]]
+    if hint:
+        lines += ["", hint]
     found = data.get("suggestions") or []
-    if not found and not data.get("hint"):
+    if not found and not hint:
         lines += ["", "nothing to suggest: no rule found a cost worth a change in these builds"]
     for n, item in enumerate(found, 1):
         expected = item["expected"]
@@ -331,8 +372,8 @@ def suggestions(data: dict[str, Any]) -> str:
         ]
         if "manual" not in change:
             lines.append(f"   apply     rbd tune apply {item['id']}")
-    for item in data.get("withdrawn") or []:
-        lines += ["", f"not suggested: {item['id']}: {item['reason']}"]
+    for gone in data.get("withdrawn") or []:
+        lines += ["", f"not suggested: {gone['id']}: {gone['reason']}"]
     return "\n".join(lines)
 
 

@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 
 from rbd.client.connection import Connection
 from rbd.client.errors import DaemonUnreachable, ProtocolMismatch
-from rbd.contract import paths
+from rbd.contract import paths, private
 
 SPAWN_TIMEOUT_S = 10.0
 
 
 def connect_or_spawn() -> Connection:
+    """A connection to the daemon, started first if none answers.
+
+    Raises ProtocolMismatch, DaemonUnreachable if the daemon it started never
+    answered, RbdError if rbd's state dir cannot be made private (one line).
+    """
     try:
         return Connection.open()
     except ProtocolMismatch:
         raise
     except DaemonUnreachable:
         pass
-    os.makedirs(paths.state_dir(), exist_ok=True)
+    # Private: what a failing daemon says may name the user's projects and files.
+    private.directory(paths.state_dir(), "rbd's state dir")
     log_path = paths.spawn_log_path()
-    with open(log_path, "ab") as log:
+    with private.open_append(log_path) as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "rbd.daemon"],
             stdin=subprocess.DEVNULL,

@@ -8,6 +8,8 @@ from typing import BinaryIO, TextIO, cast
 
 import structlog
 
+from rbd.contract import private
+
 # Kept once at start-up: a daemon running for weeks must not fill the disk.
 MAX_LOG_BYTES = 20 << 20
 
@@ -31,13 +33,18 @@ class LogFile:
 
 
 def configure(path: str) -> LogFile:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    """Log to path, in rbd's state dir, which this makes private with everything in it
+    (the store keeps `rbd start`'s environment; rbd.contract.private).
+
+    Raises RbdError (one line) if the state dir or the log cannot be made private.
+    """
+    private.directory(os.path.dirname(path), "rbd's state dir", contents=True)
     try:
         if os.path.getsize(path) > MAX_LOG_BYTES:
             os.replace(path, path + ".1")
-    except FileNotFoundError:
-        pass
-    stream = LogFile(open(path, "ab", buffering=0))  # noqa: SIM115 (lives as long as the daemon)
+    except OSError:
+        pass  # no log yet, or one that cannot be set aside: appended to below
+    stream = LogFile(private.open_append(path))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

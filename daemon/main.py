@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
 
 import anyio
+import structlog
 
 from rbd.contract import paths
 from rbd.contract.errors import RbdError
@@ -35,9 +37,18 @@ def run(argv: list[str] | None = None) -> int:
     except (DaemonError, RbdError, OSError) as exc:
         print(f"rbd daemon: {exc}", file=sys.stderr)
         return 1
+    # Set once the socket path holds nothing but a socket of ours to come: only
+    # then is removing it at exit ours to do (not another process's socket, nor
+    # a directory someone left there).
+    socket_is_ours = False
+    logged = False
     try:
         runtime.clear_stale_socket(socket_path)
+        socket_is_ours = True
+        # Private, and existing files tightened: the store keeps every `rbd start`'s
+        # environment (rbd.contract.private).
         logsetup.configure(paths.log_path())
+        logged = True
         # Imported after the lock: a second daemon racing this one exits early and cheaply.
         from rbd.daemon import tunables
         from rbd.daemon.app import Daemon
@@ -48,16 +59,23 @@ def run(argv: list[str] | None = None) -> int:
         store = Store(Path(paths.store_path()))
         anyio.run(Daemon(store, bounds).main)
         return 0
-    except DaemonError as exc:
+    except (DaemonError, RbdError, OSError) as exc:
         print(f"rbd daemon: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
+    except Exception as exc:
+        # A bug: its traceback goes to the log, where a report can quote it;
+        # the terminal (or daemon-start.log) gets one line.
+        where = ""
+        if logged:
+            structlog.get_logger().exception("daemon_crashed")
+            where = f" (traceback in {paths.log_path()})"
+        print(f"rbd daemon: crashed: {type(exc).__name__}: {exc}{where}", file=sys.stderr)
+        return 1
     finally:
         # Socket first, lock last: whoever takes the lock next finds no socket to probe.
-        for path in (socket_path, lock_path):
-            try:
+        for path in (socket_path, lock_path) if socket_is_ours else (lock_path,):
+            with contextlib.suppress(OSError):
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
         os.close(lock_fd)

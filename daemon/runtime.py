@@ -10,17 +10,26 @@ import os
 import socket
 import stat
 
+from rbd.contract import private
 from rbd.daemon.errors import AlreadyRunning, UnsafeRuntimeDir
 
 
 def prepare_private_dir(path: str) -> None:
-    """Create path 0700, or check that an existing one is ours and private."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    """Create path 0700, or check that an existing one is ours and private.
+
+    Raises UnsafeRuntimeDir (one line) if it cannot be made or is not ours and private.
+    """
     try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    info = os.lstat(path)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        info = os.lstat(path)
+    except OSError as exc:
+        raise UnsafeRuntimeDir(
+            f"cannot use {path} for rbd's socket: {private.why(path, exc)}"
+        ) from None
     if not stat.S_ISDIR(info.st_mode):
         raise UnsafeRuntimeDir(f"{path} is not a directory (a symlink?); remove it and retry")
     if info.st_uid != os.getuid():
@@ -74,9 +83,21 @@ def answers(path: str, timeout_s: float = 1.0) -> bool:
 
 
 def clear_stale_socket(path: str) -> bool:
-    """Remove a socket nobody answers on; True if one was removed."""
-    if not os.path.lexists(path):
+    """Remove a socket nobody answers on; True if one was removed.
+
+    Raises AlreadyRunning if something answers on it, UnsafeRuntimeDir if
+    something other than a socket is there (rbd removes only its own kind).
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
         return False
+    if not stat.S_ISSOCK(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a socket"
+        raise UnsafeRuntimeDir(
+            f"{path} is {kind}, where rbd's socket goes: rbd will not remove it; "
+            "remove it yourself and retry"
+        )
     if answers(path):
         raise AlreadyRunning(f"a process is serving {path} without holding the lock")
     os.unlink(path)

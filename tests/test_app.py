@@ -239,6 +239,26 @@ def test_a_socket_directory_others_can_enter_is_refused(rbd: Rbd, crate: Path) -
     rbd.ok("start", cwd=crate)
 
 
+def test_a_directory_at_the_socket_path_is_refused_in_one_line_and_no_lock_is_left(
+    rbd: Rbd, crate: Path
+) -> None:
+    socket = Path(rbd.socket)
+    socket.mkdir(parents=True)
+    socket.parent.chmod(0o700)
+    for args, code in ((["start"], 3), (["daemon"], 1)):
+        done = rbd.run(*args, cwd=crate)
+        assert done.returncode == code, done
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{socket} is a directory" in lines[0], done.stderr
+        assert not os.path.exists(rbd.lock)
+    spawned = (rbd.base / "state" / "rbd" / "daemon-start.log").read_text()
+    assert "Traceback" not in spawned and "is a directory" in spawned
+    # Not rbd's to remove: it could hold anything.
+    assert socket.is_dir()
+    socket.rmdir()
+    rbd.ok("start", cwd=crate)
+
+
 def test_racing_starts_from_two_shells_make_one_daemon(rbd: Rbd, tmp_path: Path) -> None:
     one = make_crate(tmp_path / "one", "one")
     two = make_crate(tmp_path / "two", "two")

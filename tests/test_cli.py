@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
+import shutil
 import subprocess
 import sys
 import threading
@@ -16,7 +18,7 @@ import platformdirs
 import pytest
 
 from rbd.contract import paths, protocol
-from tests.conftest import WAIT_S, Rbd
+from tests.conftest import WAIT_S, Rbd, make_crate
 
 HEAVY = ("structlog", "anyio", "watchfiles", "rbd.daemon", "sqlite3", "tomlkit")
 
@@ -134,3 +136,110 @@ def test_tail_prints_a_summary_per_build_and_the_first_error(rbd: Rbd, crate: Pa
         as_json.kill()
         human.wait()
         as_json.wait()
+
+
+def test_history_of_several_projects_has_a_project_column_and_a_median_each(
+    rbd: Rbd, tmp_path: Path
+) -> None:
+    one = make_crate(tmp_path / "one", "one")
+    two = make_crate(tmp_path / "two", "two")
+    rbd.start_daemon()
+    events = rbd.events()
+    for crate in (one, two):
+        rbd.ok("start", cwd=crate)
+        assert events.finished()["outcome"] == "success"
+        for n in range(2):
+            (crate / "src" / "main.rs").write_text(f'fn main() {{ println!("{n}"); }}\n')
+            build = events.finished()
+            assert build["outcome"] == "success" and build["trigger"] == ["src/main.rs"]
+    # Outside every project: the builds of both.
+    lines = rbd.ok("history", cwd=tmp_path).splitlines()
+    medians = [line for line in lines if "incremental rebuilds: median" in line]
+    assert [line.split(":")[0] for line in medians] == ["two", "one"], lines
+    header = next(line for line in lines if line.split()[:2] == ["id", "started"])
+    assert header.split()[2] == "project", header
+    rows = [line for line in lines if line.split() and line.split()[0].isdigit()]
+    assert [row.split()[3] for row in rows] == ["two"] * 3 + ["one"] * 3, lines
+    # One project's history stays as it was: no project column, one median.
+    own = rbd.ok("history", cwd=one).splitlines()
+    assert [line.split(":")[0] for line in own if "incremental rebuilds" in line] == [
+        "incremental rebuilds"
+    ], own
+    assert "project" not in next(line for line in own if line.split()[:2] == ["id", "started"])
+    # The JSON is the same list of builds as ever.
+    builds = json.loads(rbd.ok("history", "--json", cwd=tmp_path))
+    assert [b["project"] for b in builds] == [str(two)] * 3 + [str(one)] * 3
+
+
+# Root without the capabilities that bypass permission bits: a directory of
+# mode 0555 is one it cannot write, as for any user.
+AS_A_USER = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+COMMANDS = [
+    ["start"],
+    ["stop"],
+    ["shutdown"],
+    ["status"],
+    ["tail"],
+    ["history"],
+    ["show", "1"],
+    ["suggest"],
+    ["tune", "revert"],
+    ["logs", "-f"],
+    ["daemon"],
+    ["bench", "--foreground", "--runs", "1", "--warmup", "0", "--clean"],
+]
+
+
+def broken(path: Path, kind: str) -> Path:
+    if kind == "a file":
+        path.write_text("not a directory\n")
+    elif kind == "a dangling symlink":
+        path.symlink_to(path.with_name("missing"))
+    else:
+        path.mkdir(mode=0o555)
+        path.chmod(0o555)
+    return path
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv to run rbd as a user who cannot write 0555 directories",
+)
+@pytest.mark.parametrize(
+    "variable", ["XDG_STATE_HOME", "HOME", "XDG_RUNTIME_DIR", "XDG_CACHE_HOME"]
+)
+@pytest.mark.parametrize("kind", ["a file", "a dangling symlink", "an unwritable directory"])
+def test_no_command_prints_a_traceback_whatever_rbd_s_directories_are(
+    rbd: Rbd, crate: Path, variable: str, kind: str
+) -> None:
+    env = {**rbd.env, variable: str(broken(rbd.base / "broken", kind))}
+    if variable == "HOME":
+        del env["XDG_STATE_HOME"]  # the state dir is then under HOME
+    commands = COMMANDS
+    if variable == "XDG_RUNTIME_DIR":
+        # A bench in the foreground has no use for the socket: it would just run.
+        commands = [c for c in COMMANDS if c[0] != "bench"]
+    elif variable == "XDG_CACHE_HOME":
+        # Only the daemon and a bench use the cache: they go on without rbd's shim.
+        commands = [["start"]]
+    for args in commands:
+        done = subprocess.run(
+            [*AS_A_USER, sys.executable, "-m", "rbd.client", *args],
+            cwd=crate,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S,
+            check=False,
+        )
+        said = f"rbd {' '.join(args)} with {variable} {kind}: {done.returncode}\n{done.stderr}"
+        assert "Traceback" not in done.stderr, said
+        if variable == "XDG_CACHE_HOME":
+            assert done.returncode == 0, said
+            continue
+        assert done.returncode != 0, said
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("rbd"), said
+        assert not os.path.exists(rbd.lock), said
+    for log in (rbd.base / "state" / "rbd").glob("*.log"):
+        assert "Traceback" not in log.read_text(), log

@@ -11,11 +11,13 @@ import json
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +270,66 @@ def test_a_config_write_on_a_full_disk_keeps_the_old_content(tmp_path: Path) -> 
         assert failed.value.errno == errno.ENOSPC
         assert config.read_text() == "# keep me\n[build]\njobs = 2\n"
         assert sorted(p.name for p in cargo_dir.iterdir()) == ["config.toml", "filler"]
+
+
+# Root without the capabilities that bypass permission bits: as a user's own
+# daemon, it cannot write a file of its own that is mode 0444.
+AS_A_USER = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def run_as_a_user(
+    rbd: Rbd, *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*AS_A_USER, sys.executable, "-m", "rbd.client", *args],
+        cwd=cwd,
+        env=rbd.env,
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        check=False,
+    )
+
+
+def recorded(rbd: Rbd) -> int:
+    with sqlite3.connect(rbd.store) as db:
+        count: int = db.execute("SELECT count(*) FROM builds").fetchone()[0]
+        return count
+
+
+def start_and_build(rbd: Rbd, crate: Path) -> dict[str, Any]:
+    """`rbd start` as a user; the daemon's status once the project has built."""
+    since = datetime.now(UTC).isoformat()
+    started = run_as_a_user(rbd, "start", cwd=crate)
+    assert started.returncode == 0, started.stderr
+
+    def status() -> dict[str, Any]:
+        reply: dict[str, Any] = json.loads(run_as_a_user(rbd, "status", "--json").stdout)
+        return reply
+
+    def built() -> bool:
+        build = status()["projects"][0]["last_build"]
+        return build is not None and build["started_at"] >= since
+
+    wait_until(built, "a build")
+    return status()
+
+
+@needs_root
+def test_a_store_once_read_only_is_writable_again_on_the_next_start(rbd: Rbd, crate: Path) -> None:
+    start_and_build(rbd, crate)
+    assert run_as_a_user(rbd, "shutdown").returncode == 0
+    before = recorded(rbd)
+    assert before >= 1
+    # The user makes the store read-only for a while: a daemon started then
+    # leaves a -shm that SQLite created with the store's mode, 0444.
+    Path(rbd.store).chmod(0o444)
+    run_as_a_user(rbd, "start", cwd=crate)
+    run_as_a_user(rbd, "shutdown")
+    Path(rbd.store).chmod(0o644)
+    # Every later daemon must record its builds again.
+    status = start_and_build(rbd, crate)
+    assert status["daemon"]["store_error"] is None, status["daemon"]
+    assert run_as_a_user(rbd, "shutdown").returncode == 0
+    assert recorded(rbd) > before
+    assert {stat.S_IMODE(p.stat().st_mode) for p in Path(rbd.store).parent.iterdir()} == {0o600}

@@ -24,6 +24,9 @@ from pathlib import Path
 import anyio
 import structlog
 
+from rbd.contract import private
+from rbd.contract.errors import RbdError
+
 log = structlog.get_logger("shim")
 
 SOURCE = Path(__file__).with_name("rbd_shim.rs")
@@ -83,11 +86,17 @@ def _source_key() -> str:
 
 
 def _install(cache_dir: Path, env: dict[str, str]) -> Shim:
-    """Compile the shim into cache_dir unless that version is there already."""
+    """Compile the shim into cache_dir unless that version is there already.
+
+    cache_dir is made private (0700), like everything rbd keeps: nobody else
+    has a use for the wrapper every build runs, nor a right to replace it.
+    Raises OSError, subprocess.SubprocessError, RbdError (the cache dir unusable).
+    """
+    private.directory(str(cache_dir), "rbd's cache dir")
     directory = cache_dir / f"shim-{_source_key()}"
     shim = Shim(directory)
     if not os.access(shim.wrapper, os.X_OK):
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=private.DIR_MODE, exist_ok=True)
         rustc = shutil.which("rustc", path=env.get("PATH"))
         if rustc is None:
             raise OSError("no rustc on PATH to compile rbd's shim with")
@@ -107,14 +116,14 @@ def _install(cache_dir: Path, env: dict[str, str]) -> Shim:
             )
             if done.returncode != 0:
                 raise OSError(f"rustc could not compile rbd's shim: {done.stderr.strip()[-500:]}")
-            os.chmod(partial, 0o755)
+            os.chmod(partial, 0o700)
             os.replace(partial, shim.wrapper)
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(partial)
     default = directory / "default"
-    default.mkdir(exist_ok=True)
-    (directory / "linkers").mkdir(exist_ok=True)
+    default.mkdir(mode=private.DIR_MODE, exist_ok=True)
+    (directory / "linkers").mkdir(mode=private.DIR_MODE, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         os.symlink(shim.wrapper, default / DEFAULT_LINKER)
     return shim
@@ -138,7 +147,7 @@ class Shims:
             started = time.monotonic()
             try:
                 self._shim = await anyio.to_thread.run_sync(_install, self.cache_dir, env)
-            except (OSError, subprocess.SubprocessError) as exc:
+            except (OSError, subprocess.SubprocessError, RbdError) as exc:
                 self._failed_at = time.monotonic()
                 log.warning("shim_unavailable", error=str(exc), effect="link time unknown")
                 return None

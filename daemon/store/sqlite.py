@@ -15,9 +15,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
+from rbd.contract import private
+from rbd.contract.errors import RbdError
 from rbd.contract.protocol import PHASE_KEYS
+from rbd.contract.schema import BenchReport, BuildDetail, BuildSummary, Unit
 from rbd.daemon.build.records import BuildResult, UnitRecord, summary
 from rbd.daemon.errors import StoreError
 
@@ -132,10 +135,40 @@ UNIT_COLUMNS = (
 # warnings keeps its head, which is where the first error is.
 MAX_DIAGNOSTICS_CHARS = 256 * 1024
 
+# The files SQLite keeps beside the store (WAL mode; -journal from before it).
+JOURNAL_SUFFIXES = ("-wal", "-shm", "-journal")
+
 _SUMMARY_COLUMNS = (
     "id, project, started_at, trigger, command, config, outcome, wall_s, settle_s, errors, "
     "warnings, units_rebuilt, units_fresh, linker, rustc_wrapper, " + ", ".join(PHASE_KEYS)
 )
+
+
+class TuneRecord(TypedDict):
+    """An applied tune as stored: each file's path, content before (None: rbd created
+    it) and content after."""
+
+    id: int
+    applied_at: str
+    suggestions: list[str]
+    reverted_at: str | None
+    files: list[tuple[str, bytes | None, bytes]]
+
+
+def _make_private(path: Path) -> None:
+    """The store and its journal files 0600 (created so, when new), its directory 0700.
+
+    Before SQLite opens them: it creates -wal and -shm with the store file's mode,
+    and a -shm left read-only (by a store once read-only) would have every later
+    write fail with "attempt to write a readonly database". Raises StoreError.
+    """
+    try:
+        private.directory(str(path.parent), "the store's directory")
+        private.file(str(path))
+        for suffix in JOURNAL_SUFFIXES:
+            private.file(f"{path}{suffix}", create=False)
+    except RbdError as exc:
+        raise StoreError(f"cannot open the store {path}: {exc}") from None
 
 
 def now_iso() -> str:
@@ -144,9 +177,13 @@ def now_iso() -> str:
 
 class Store:
     def __init__(self, path: Path) -> None:
+        """Open (or create) the store at path, private to the user.
+
+        Raises StoreError if it cannot be made private, opened or migrated.
+        """
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _make_private(path)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -245,7 +282,7 @@ class Store:
                 (build_id,),
             )
 
-    def history(self, project: str | None, limit: int) -> list[dict[str, Any]]:
+    def history(self, project: str | None, limit: int) -> list[BuildSummary]:
         where = "outcome IS NOT NULL" + (" AND project = ?" if project else "")
         params: tuple[Any, ...] = (project, limit) if project else (limit,)
         rows = self._db.execute(
@@ -254,11 +291,11 @@ class Store:
         ).fetchall()
         return [_summary(row) for row in rows]
 
-    def last_build(self, project: str) -> dict[str, Any] | None:
+    def last_build(self, project: str) -> BuildSummary | None:
         builds = self.history(project, 1)
         return builds[0] if builds else None
 
-    def build(self, build_id: int) -> dict[str, Any] | None:
+    def build(self, build_id: int) -> BuildDetail | None:
         row = self._db.execute(
             f"SELECT {_SUMMARY_COLUMNS}, first_error, diagnostics FROM builds"
             " WHERE id = ? AND outcome IS NOT NULL",
@@ -266,23 +303,24 @@ class Store:
         ).fetchone()
         if row is None:
             return None
-        detail = _summary(row)
-        detail["first_error"] = row["first_error"]
-        detail["diagnostics"] = row["diagnostics"] or ""
         units = self._db.execute(
             f"SELECT {', '.join(UNIT_COLUMNS)} FROM units WHERE build_id = ?"
             " ORDER BY total_s IS NULL, total_s DESC, seq",
             (build_id,),
         ).fetchall()
-        detail["units"] = [
-            UnitRecord(**{**dict(u), "critical_path": bool(u["critical_path"])}).to_json()
-            for u in units
-        ]
-        return detail
+        return {
+            **_summary(row),
+            "first_error": row["first_error"],
+            "diagnostics": row["diagnostics"] or "",
+            "units": [
+                UnitRecord(**{**dict(u), "critical_path": bool(u["critical_path"])}).to_json()
+                for u in units
+            ],
+        }
 
-    def units_of(self, build_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    def units_of(self, build_ids: list[int]) -> dict[int, list[Unit]]:
         """The recorded units of each build (for the suggestion rules)."""
-        found: dict[int, list[dict[str, Any]]] = {i: [] for i in build_ids}
+        found: dict[int, list[Unit]] = {i: [] for i in build_ids}
         for i in build_ids:
             rows = self._db.execute(
                 f"SELECT {', '.join(UNIT_COLUMNS)} FROM units WHERE build_id = ? ORDER BY seq",
@@ -312,7 +350,7 @@ class Store:
             )
             return cursor.lastrowid
 
-    def tune(self, project: str, tune_id: int | None) -> dict[str, Any] | None:
+    def tune(self, project: str, tune_id: int | None) -> TuneRecord | None:
         """One tune of the project (the latest not reverted when tune_id is None)."""
         if tune_id is None:
             row = self._db.execute(
@@ -344,7 +382,7 @@ class Store:
 
     # Benches -----------------------------------------------------------------
 
-    def record_bench(self, project: str, report: dict[str, Any]) -> int:
+    def record_bench(self, project: str, report: BenchReport) -> int:
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO benches (project, finished_at, report) VALUES (?, ?, ?)",
@@ -353,12 +391,18 @@ class Store:
             assert cursor.lastrowid is not None
             return cursor.lastrowid
 
-    def latest_bench(self, project: str) -> dict[str, Any] | None:
+    def latest_bench(self, project: str) -> BenchReport | None:
+        """The project's latest bench report, with its id. One an older rbd stored may
+        lack what this one adds (its reader, daemon.advice.evidence, reads it with care)."""
         row = self._db.execute(
             "SELECT id, report FROM benches WHERE project = ? ORDER BY id DESC LIMIT 1",
             (project,),
         ).fetchone()
-        return None if row is None else {**json.loads(row["report"]), "id": row["id"]}
+        if row is None:
+            return None
+        report: BenchReport = json.loads(row["report"])
+        report["id"] = row["id"]
+        return report
 
     def recent_triggers(self, project: str, limit: int) -> list[list[str]]:
         """The changed paths of the project's latest builds (what its developer edits)."""
@@ -442,7 +486,7 @@ def _write_result(db: sqlite3.Connection, build_id: int, result: BuildResult) ->
     )
 
 
-def _summary(row: sqlite3.Row) -> dict[str, Any]:
+def _summary(row: sqlite3.Row) -> BuildSummary:
     return summary(
         build_id=row["id"],
         project=row["project"],
