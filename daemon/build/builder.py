@@ -28,7 +28,7 @@ from anyio.abc import ByteReceiveStream
 
 from rbd.contract import protocol
 from rbd.contract.schema import BuildCounts
-from rbd.daemon.build import linker, procs, rootguard, timings
+from rbd.daemon.build import linker, procs, rootguard, sccache, timings
 from rbd.daemon.build.records import BuildResult, UnitRecord
 from rbd.daemon.build.shim import Shim, read_links
 
@@ -176,6 +176,9 @@ class Build:
         # Which directories the project's path named at the start: cargo recreates a
         # root that moved away mid-build (see rootguard).
         before = rootguard.lineage(self.cwd)
+        wrapper = self.result.rustc_wrapper
+        if wrapper is not None and sccache.is_sccache(wrapper):
+            await sccache.ensure_server(wrapper, self.env)
         try:
             result = await self._run(env)
             if self.spawned_wall_ns and rootguard.identity(self.cwd) != before[0][1]:
