@@ -13,7 +13,7 @@ import os
 import sys
 
 from rbd.client.connection import Connection
-from rbd.client.errors import ProtocolMismatch, RbdError, UsageError
+from rbd.client.errors import ProtocolMismatch, RbdError, RequestFailed, UsageError
 from rbd.contract import protocol
 
 # `import typing` costs ~2 ms of the client's start; mypy honours this name all the same.
@@ -199,6 +199,60 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    """Build the watched project now and wait for that build: exit 0 if it succeeded,
+    1 if it failed, was cancelled or timed out (the thing asked for failed)."""
+    from rbd.client import render
+
+    path = _dir(args.dir)
+    live = sys.stderr.isatty() and not args.json
+    with Connection.open() as conn:
+        if live:
+            # Progress of the project's builds, as `rbd tail` shows it, while waiting.
+            conn.request(protocol.SUBSCRIBE, path=path)
+        # The reply comes once the build that covers the request has ended: the daemon
+        # knows which build that is (not always the next build_started this connection
+        # sees: one may have been launched just before the request).
+        request_id = conn.send(protocol.BUILD, path=path)
+        try:
+            while True:
+                message = conn.poll(None)
+                if message is None:
+                    continue
+                if "event" in message:
+                    if live and message["event"] in (
+                        protocol.BUILD_STARTED,
+                        protocol.BUILD_PROGRESS,
+                    ):
+                        progress = {"done": 0, "total": None, "elapsed_s": 0.0, **message}
+                        line = render.progress_line(message.get("project", ""), progress)
+                        print("\r\033[K" + line, end="", file=sys.stderr, flush=True)
+                elif message.get("id") == request_id:
+                    break
+        except KeyboardInterrupt:
+            if live:
+                print("\r\033[K", end="", file=sys.stderr)
+            print(
+                "rbd: stopped waiting; the build goes on (`rbd tail` follows it)", file=sys.stderr
+            )
+            return 130
+        finally:
+            if live:
+                print("\r\033[K", end="", file=sys.stderr, flush=True)
+    if message.get("ok") is not True:
+        error = message.get("error") or {}
+        raise RequestFailed(str(error.get("code")), str(error.get("message")))
+    build = message["build"]
+    if args.json:
+        _print_json(build)
+    else:
+        print(render.build_line(build, cause="rbd build"))
+        if message.get("first_error") and build["outcome"] == "failure":
+            for text in message["first_error"].splitlines()[:12]:
+                print("    " + text)
+    return 0 if build["outcome"] == "success" else 1
+
+
 def cmd_suggest(args: argparse.Namespace) -> int:
     with Connection.open() as conn:
         # The project's own environment (the one `rbd start` gave it) is the one probed.
@@ -323,6 +377,13 @@ def _parser() -> _Parser:
     p.add_argument("dir", nargs="?", help="only the project containing this directory")
     p = add("tail", cmd_tail, "follow builds live")
     p.add_argument("dir", nargs="?", help="only the project containing this directory")
+    p = add(
+        "build",
+        cmd_build,
+        "build the watched project now, as a save would (cancelling a running build), "
+        "and wait for that build",
+    )
+    p.add_argument("--dir", help="project (default: the one containing the current directory)")
     p = add("history", cmd_history, "past builds, newest first")
     p.add_argument(
         "dir", nargs="?", help="project (default: the one containing the current directory)"

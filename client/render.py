@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 
 
 MARKS = {"success": "✓", "failure": "✗", "cancelled": "⊘", "interrupted": "⚠", "timeout": "⏱"}
+# What a build no change triggered is shown with: `rbd start`'s first, or `rbd build`.
+NO_TRIGGER = "start/build"
 
 
 def seconds(value: float | None) -> str:
@@ -42,8 +44,12 @@ def duration(value: float) -> str:
     return f"{secs}s"
 
 
-def build_line(build: BuildSummary, with_project: bool = True) -> str:
-    """One line per build: mark, wall time, outcome details, units, trigger."""
+def build_line(build: BuildSummary, with_project: bool = True, cause: str | None = None) -> str:
+    """One line per build: mark, wall time, outcome details, units, trigger.
+
+    A build with no changed path (trigger `[]`) was `rbd start`'s first or one `rbd build`
+    asked for; the store does not tell which, so it is labelled for both unless the
+    caller knows its cause."""
     outcome = build.get("outcome") or "?"
     parts = [f"{MARKS.get(outcome, '?')} {seconds(build.get('wall_s')):>8}"]
     if with_project:
@@ -67,8 +73,10 @@ def build_line(build: BuildSummary, with_project: bool = True) -> str:
     if trigger:
         more = f" +{len(trigger) - 2}" if len(trigger) > 2 else ""
         parts.append("← " + ", ".join(trigger[:2]) + more)
+    elif cause is not None:
+        parts.append(f"← {cause}")
     elif build.get("id") is not None:
-        parts.append("← start")
+        parts.append(f"← {NO_TRIGGER}")
     return "  ".join(parts)
 
 
@@ -244,7 +252,7 @@ def history(builds: list[BuildSummary]) -> str:
             f"{_short(p.get('codegen_s')):>7}"
             f" {_short(p.get('link_s'))} {_short(p.get('other_s'))}"
             f"  {b.get('errors') or 0:>3} {b.get('warnings') or 0:>4}"
-            f"  {shown or '(start)'}"
+            f"  {shown or f'({NO_TRIGGER})'}"
         )
     return "\n".join(lines)
 
@@ -255,7 +263,7 @@ def show(build: BuildDetail) -> str:
         f"  project   {build['project']}",
         f"  started   {build['started_at']}",
         f"  command   {' '.join(build['command'])}",
-        f"  trigger   {', '.join(build['trigger']) or '(start)'}",
+        f"  trigger   {', '.join(build['trigger']) or f'({NO_TRIGGER})'}",
         f"  settle    {seconds(build.get('settle_s'))}",
         f"  units     {build.get('units_rebuilt')} rebuilt, {build.get('units_fresh')} fresh",
         f"  linker    {build.get('linker') or '—'}",

@@ -48,8 +48,10 @@ TUNE_APPLY = "tune_apply"
 TUNE_REVERT = "tune_revert"
 BENCH = "bench"
 BENCH_CANCEL = "bench_cancel"
+# `rbd build`: build a watched project now, as a save would; answered when that build ends.
+BUILD = "build"
 OPS = frozenset(
-    {HELLO, STATUS, START, STOP, SHUTDOWN, HISTORY, SHOW, SUBSCRIBE}
+    {HELLO, STATUS, START, STOP, SHUTDOWN, HISTORY, SHOW, SUBSCRIBE, BUILD}
     | {SUGGEST, TUNE_APPLY, TUNE_REVERT, BENCH, BENCH_CANCEL}
 )
 

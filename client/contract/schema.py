@@ -89,6 +89,7 @@ ARGS: dict[str, dict[str, Arg]] = {
         "detach": Arg("bool", default=False),
     },
     protocol.BENCH_CANCEL: {"path": Arg("path")},
+    protocol.BUILD: {"path": Arg("path", required=True)},
 }
 
 
@@ -163,6 +164,11 @@ class BenchCancelRequest(TypedDict):
     path: NotRequired[str | None]
 
 
+class BuildRequest(TypedDict):
+    # In a watched project.
+    path: str
+
+
 REQUESTS: dict[str, type] = {
     protocol.HELLO: HelloRequest,
     protocol.STATUS: StatusRequest,
@@ -177,6 +183,7 @@ REQUESTS: dict[str, type] = {
     protocol.TUNE_REVERT: TuneRevertRequest,
     protocol.BENCH: BenchRequest,
     protocol.BENCH_CANCEL: BenchCancelRequest,
+    protocol.BUILD: BuildRequest,
 }
 
 Request = (
@@ -193,6 +200,7 @@ Request = (
     | TuneRevertRequest
     | BenchRequest
     | BenchCancelRequest
+    | BuildRequest
 )
 
 # --- shared shapes ----------------------------------------------------------------------
@@ -487,6 +495,14 @@ class BenchCancelReply(TypedDict):
     project: NotRequired[str]
 
 
+class BuildReply(TypedDict):
+    """Sent when the build that covers the request has ended, whatever its outcome."""
+
+    project: str
+    build: BuildSummary
+    first_error: str | None
+
+
 Reply = (
     HelloReply
     | StatusReply
@@ -501,6 +517,7 @@ Reply = (
     | TuneRevertReply
     | BenchReply
     | BenchCancelReply
+    | BuildReply
 )
 
 

@@ -211,6 +211,9 @@ class Build:
             return result
         self.pgid = process.pid
         self.pg_start = procs.start_ticks(process.pid)
+        if self._cancelled:
+            # cancel() came before cargo had a group to kill: cargo would run to its end.
+            procs.kill_tree(self.pgid)
         if self._on_spawn is not None:
             self._on_spawn(self)
         self.spawned.set()

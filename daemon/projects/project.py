@@ -8,6 +8,7 @@ projects is daemon.projects.registry's.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from rbd.daemon.build.builder import Build
 from rbd.daemon.build.configurations import BuildConfig
 from rbd.daemon.build.records import BuildHeader, BuildResult
 from rbd.daemon.build.shim import Shims
-from rbd.daemon.errors import DaemonError
+from rbd.daemon.errors import DaemonError, NotWatched, ProjectError
 from rbd.daemon.projects import recorder
 from rbd.daemon.projects import workspace as workspaces
 from rbd.daemon.projects.settings import ProjectConfig
@@ -36,6 +37,15 @@ log = structlog.get_logger("projects")
 # The environment variables `rbd status` shows: the ones that decide what cargo builds.
 SHOWN_ENV_PREFIXES = ("CARGO", "RUST", "RBD_")
 SHOWN_ENV = frozenset({"PATH", "CC", "CXX", "HOME"})
+
+
+@dataclass
+class _Requested:
+    """An `rbd build` waiting for the build that covers it; `build` stays None if none ran."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    build: BuildSummary | None = None
+    first_error: str | None = None
 
 
 class Project:
@@ -65,8 +75,12 @@ class Project:
         self.last_build: BuildSummary | None = None
         self.current: recorder.Recording | None = None
         self._build: Build | None = None
+        # The first error of the build last finished (the summary has none).
+        self._first_error: str | None = None
+        # `rbd build`s waiting, by their number (Scheduler.request).
+        self._requested: dict[int, _Requested] = {}
         self.scheduler = Scheduler(
-            self.root, config.settle_ms / 1000, self._run_build, on_state=self._on_state
+            self.root, config.settle_ms / 1000, self._launch, on_state=self._on_state
         )
         self.watcher = Watcher(workspace, self._on_change, self._on_problem)
         # The state last published (a new project's scheduler starts idle).
@@ -142,6 +156,57 @@ class Project:
         if self._scope is not None:
             self._scope.cancel()
 
+    async def build_now(self) -> tuple[BuildSummary, str | None]:
+        """Build now, as a save would (Scheduler.request: a running build is cancelled, a
+        paused project builds after its bench); once the build that covers the request
+        has ended, whatever its outcome, return its summary and first error.
+
+        Raises ProjectError if the root is gone (now, or when the build was due),
+        NotWatched if the project is stopped before that build ran, DaemonError if it
+        could not run (a bug, logged by run()).
+        """
+        if self.watcher.gone:
+            raise ProjectError(f"{self.key} is gone (moved or deleted): nothing to build")
+        requested = _Requested()
+        number = self.scheduler.request()
+        self._requested[number] = requested
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def on_stop() -> None:
+                    await self.stopped.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(on_stop)
+                await requested.done.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            # Asked for all the same: the build goes on without its waiter.
+            self._requested.pop(number, None)
+        if not requested.done.is_set():
+            raise NotWatched(f"stopped watching {self.key} before the build ran")
+        if requested.build is None:
+            if self.watcher.gone or not self.root.is_dir():
+                raise ProjectError(f"{self.key} is gone (moved or deleted): nothing to build")
+            raise DaemonError(f"the build of {self.key} could not run; see the log")
+        return requested.build, requested.first_error
+
+    async def _launch(self, trigger: list[str], first_seen: float | None) -> None:
+        """The scheduler's launch: a build, then the `rbd build`s it covers (those asked
+        before it launched) told how it ended, even if it was cancelled or never ran."""
+        covered = self.scheduler.covered
+        before = self.last_build
+        try:
+            await self._run_build(trigger, first_seen)
+        finally:
+            # _finish made a new summary if (and only if) the build ran.
+            ran = self.last_build if self.last_build is not before else None
+            for number in [n for n in self._requested if n <= covered]:
+                requested = self._requested.pop(number)
+                requested.build = ran
+                requested.first_error = self._first_error if ran is not None else None
+                requested.done.set()
+
     async def _maybe_reload_workspace(self) -> None:
         # A manifest edit can add members or path dependencies: the watch set
         # follows. Done before the build it triggered, so that build's
@@ -204,6 +269,7 @@ class Project:
 
     async def _finish(self, recording: recorder.Recording, result: BuildResult) -> None:
         self.last_build = await recording.finish(result)
+        self._first_error = result.first_error
         self.current = None
         self._build = None
 

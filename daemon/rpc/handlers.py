@@ -28,6 +28,8 @@ from rbd.contract.schema import (
     BenchCancelRequest,
     BenchReply,
     BenchRequest,
+    BuildReply,
+    BuildRequest,
     HelloReply,
     HistoryReply,
     HistoryRequest,
@@ -277,9 +279,25 @@ async def _bench_cancel(
     return services.benches.cancel(request.get("path"))
 
 
+async def _build(services: Services, connection: Connection, request: BuildRequest) -> BuildReply:
+    """Build the watched project now, as a save would, and answer once that build has
+    ended (whatever its outcome: a failed build is a reply, not an error).
+
+    Raises NotWatched for a path in no watched project (or a project stopped before the
+    build ran), ProjectError if its root is gone, DaemonError if the build could not
+    run (Project.build_now)."""
+    path = request["path"]
+    project = services.registry.find(path)
+    if project is None:
+        raise NotWatched(f"{path} is not inside a project rbd watches (`rbd start` it first)")
+    build, first_error = await project.build_now()
+    return {"project": project.key, "build": build, "first_error": first_error}
+
+
 HANDLERS: dict[str, Handler] = {
     protocol.BENCH: _bench,
     protocol.BENCH_CANCEL: _bench_cancel,
+    protocol.BUILD: _build,
     protocol.SUGGEST: _suggest,
     protocol.TUNE_APPLY: _tune_apply,
     protocol.TUNE_REVERT: _tune_revert,

@@ -5,8 +5,10 @@ holds .git/index.lock: a checkout or rebase is writing the tree) ->
 building -> idle. A change during a build is looked at once the settle time
 has passed (so a build script's just-written file is recognised as the
 build's own); a change that is the user's cancels the build, and the next
-build, after settling, covers both. A bench of the project holds it `paused`. Each
-change of state is reported to the scheduler's on_state.
+build, after settling, covers both. A build asked for (`rbd build`, `request()`)
+is such a change with no path and nothing to settle: it cancels a running build at
+once and the next build, launched without settling, covers it. A bench of the project
+holds it `paused`. Each change of state is reported to the scheduler's on_state.
 """
 
 from __future__ import annotations
@@ -71,12 +73,17 @@ class Scheduler:
         self.settle_s = settle_s
         self._state: State = "idle"
         self._on_state = on_state
-        self.current: RunningBuild | None = None
+        self._current: RunningBuild | None = None
+        self._has_current = anyio.Event()
         # The last build: what it wrote may reach the watcher after it ended.
         self.previous: RunningBuild | None = None
         self._launch = launch
         # Changed paths (relative to root) not yet built, with when each was seen.
         self._pending: dict[str, float] = {}
+        # Builds asked for (`request()`), counted; the first `covered` of them were asked
+        # before the latest build launched, which covers them.
+        self._asked = 0
+        self.covered = 0
         self._wake = anyio.Event()
         self._git_dir = git_dir(root)
         # A bench measuring this project holds new builds; changes keep accumulating.
@@ -94,6 +101,24 @@ class Scheduler:
         if state != self._state:
             self._state = state
             self._on_state(state)
+
+    @property
+    def current(self) -> RunningBuild | None:
+        """The running build, once its launcher has made it (until then, None)."""
+        return self._current
+
+    @current.setter
+    def current(self, build: RunningBuild | None) -> None:
+        self._current = build
+        if build is None:
+            self._has_current = anyio.Event()
+        else:
+            self._has_current.set()
+
+    @property
+    def _requested(self) -> bool:
+        """Whether a build asked for waits for a launch to cover it."""
+        return self._asked > self.covered
 
     def pause(self) -> None:
         if self._paused == 0:
@@ -123,28 +148,43 @@ class Scheduler:
             self._pending.setdefault(path, now)
         self._wake.set()
 
+    def request(self) -> int:
+        """Ask for a build now (`rbd build`): as a save would, but with nothing to settle
+        (no file is being written; someone asked). A running build is cancelled; a
+        paused project builds once resumed. Returns the request's number: the first build
+        launched with `covered` at least that number covers it. Its trigger is the
+        changes pending then, if any (none: an empty trigger)."""
+        self._asked += 1
+        self._wake.set()
+        return self._asked
+
     async def run(self, initial_build: bool = True) -> None:
         if initial_build:
             await self._unpaused()
+            self.covered = self._asked
             await self._build([], None)
         while True:
-            if not self._pending:
+            if not self._pending and not self._requested:
                 self.state = "idle"
                 await self._wake.wait()
             await self._settle()
             if self.previous is not None:
                 self._drop_own_writes(self.previous)
-            if not self._pending:
+            if not self._pending and not self._requested:
                 continue
             await self._unpaused()
             trigger = list(self._pending)
-            first_seen = min(self._pending.values())
+            first_seen = min(self._pending.values(), default=None)
             self._pending.clear()
+            self.covered = self._asked
             await self._build(trigger, first_seen)
 
     async def _quiet_for(self, seconds: float) -> None:
-        """Return once no change has arrived for `seconds` (longer in a storm)."""
+        """Return once no change has arrived for `seconds` (longer in a storm), or at
+        once when a build was asked for."""
         while True:
+            if self._requested:
+                return
             self._wake = anyio.Event()
             quiet = max(seconds, STORM_QUIET_S) if len(self._pending) >= STORM_PATHS else seconds
             with anyio.move_on_after(quiet):
@@ -154,7 +194,8 @@ class Scheduler:
 
     async def _settle(self) -> None:
         while True:
-            self.state = "settling"
+            if not self._requested:
+                self.state = "settling"
             await self._quiet_for(self.settle_s)
             if not self._git_busy():
                 return
@@ -191,7 +232,17 @@ class Scheduler:
     async def _cancel_when_outdated(self) -> None:
         while True:
             self._wake = anyio.Event()
-            await self._wake.wait()
+            if not self._requested:
+                await self._wake.wait()
+            if self._requested:
+                # Asked after this build launched: it is outdated now, not after settling
+                # (the settle time tells a build's own writes from a user's; a request
+                # is no write). Before cargo runs, as soon as the launcher made it.
+                while (requested := self.current) is None:
+                    await self._has_current.wait()
+                log.info("build_outdated", root=str(self.root), requested=True)
+                requested.cancel()
+                return
             await anyio.sleep(self.settle_s)
             build = self.current
             if build is None:
