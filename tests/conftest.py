@@ -16,6 +16,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -266,24 +267,38 @@ def processes_in_group(pgid: int) -> list[int]:
     return [pid for pid, _ in group_members(pgid)]
 
 
-def rustc_processes_under(path: Path) -> list[int]:
-    """Live rustc processes compiling something below path."""
+@dataclass(frozen=True)
+class Process:
+    """One process as /proc shows it (tests look for a build's processes this way)."""
+
+    pid: int
+    ppid: int
+    zombie: bool
+    argv: list[bytes]
+
+
+def processes() -> list[Process]:
+    """Every process /proc shows (its argv empty where it cannot be read)."""
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
             with open(f"/proc/{name}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
-            with open(f"/proc/{name}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
+        except (OSError, IndexError):
             continue
-        if (
-            state != b"Z"
-            and argv
-            and argv[0].endswith(b"rustc")
-            and str(path).encode() in b" ".join(argv)
-        ):
-            found.append(int(name))
+        found.append(Process(int(name), int(fields[1]), fields[0] == b"Z", argv))
     return found
+
+
+def rustc_processes_under(path: Path) -> list[int]:
+    """Live rustc processes compiling something below path."""
+    below = str(path).encode()
+    return [
+        p.pid
+        for p in processes()
+        if not p.zombie and p.argv[0].endswith(b"rustc") and below in b" ".join(p.argv)
+    ]

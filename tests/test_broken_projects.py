@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from rbd.contract import protocol
-from tests.conftest import WAIT_S, Events, Rbd, make_crate, processes_in_group, wait_gone
+from tests.conftest import (
+    WAIT_S,
+    Events,
+    Rbd,
+    make_crate,
+    processes,
+    processes_in_group,
+    wait_gone,
+)
 from tests.test_projects import main_rs, started
 
 # How long a broken project is watched for builds nobody asked for. A rebuild loop (a
@@ -327,20 +335,11 @@ def test_member_deleted_while_watched_fails_once_and_recovers(rbd: Rbd, tmp_path
 def build_script_pids(crate: Path) -> list[int]:
     """Live build-script-build processes of crate's target dir."""
     build_dir = str(crate / "target" / "debug" / "build").encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                program = f.read().split(b"\0")[0]
-            with open(f"/proc/{name}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != b"Z" and program.startswith(build_dir) and b"build-script-build" in program:
-            found.append(int(name))
-    return found
+    return [
+        p.pid
+        for p in processes()
+        if not p.zombie and p.argv[0].startswith(build_dir) and b"build-script-build" in p.argv[0]
+    ]
 
 
 def wait_for_build_script(crate: Path) -> int:

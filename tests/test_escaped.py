@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WAIT_S, Rbd, make_crate, wait_gone
+from tests.conftest import WAIT_S, Rbd, make_crate, processes, wait_gone
 
 SH = shutil.which("sh") or "/bin/sh"
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
@@ -101,18 +101,7 @@ def escaped(
 
 
 def zombies_of(parent: int) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] == b"Z" and int(fields[1]) == parent:
-            found.append(int(name))
-    return found
+    return [p.pid for p in processes() if p.zombie and p.ppid == parent]
 
 
 def no_zombie_under(pid: int) -> bool:

@@ -17,6 +17,7 @@ from tests.conftest import (
     Events,
     Rbd,
     make_crate,
+    processes,
     processes_in_group,
     rustc_processes_under,
     wait_gone,
@@ -273,20 +274,12 @@ def held_build_rs(release: Path) -> str:
 
 def processes_under(path: Path, program: str) -> list[int]:
     """Live processes running program (by its file name) from below path."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv0 = f.read().split(b"\0")[0]
-            with open(f"/proc/{name}/stat", "rb") as f:
-                zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-        except (OSError, IndexError):
-            continue
-        if not zombie and argv0.startswith(str(path).encode()) and argv0.endswith(program.encode()):
-            found.append(int(name))
-    return found
+    below, name = str(path).encode(), program.encode()
+    return [
+        p.pid
+        for p in processes()
+        if not p.zombie and p.argv[0].startswith(below) and p.argv[0].endswith(name)
+    ]
 
 
 def test_change_during_build_cancels_it_and_kills_every_process(rbd: Rbd, tmp_path: Path) -> None:
