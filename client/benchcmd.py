@@ -23,9 +23,6 @@ if TYPE_CHECKING:
 
     from rbd.contract.schema import BenchReport
 
-# A bench of a big project runs for many minutes; only the daemon's absence ends the wait.
-WAIT_TICK_S = 1.0
-
 
 def request_args(args: argparse.Namespace) -> dict[str, Any]:
     modes = [m for m, on in (("clean", args.clean), ("incremental", args.incremental)) if on]
@@ -99,14 +96,9 @@ def _daemon_job(request: dict[str, Any], live: bool, detach: bool) -> BenchRepor
         conn.request(protocol.SUBSCRIBE)
         request_id = conn.send(protocol.BENCH, **request)
         try:
-            while True:
-                message = conn.poll(WAIT_TICK_S)
-                if message is None:
-                    continue
-                if "event" in message:
-                    _show_progress(message, live)
-                elif message.get("id") == request_id:
-                    break
+            reply = conn.reply_to(
+                request_id, lambda event: _show_progress(event, live), timeout=None
+            )
         except KeyboardInterrupt:
             with Connection.open() as other:
                 other.request(protocol.BENCH_CANCEL, path=request["path"])
@@ -114,10 +106,7 @@ def _daemon_job(request: dict[str, Any], live: bool, detach: bool) -> BenchRepor
         finally:
             if live:
                 print("\r\033[K", end="", file=sys.stderr, flush=True)
-    if message.get("ok") is not True:
-        error = message.get("error") or {}
-        raise RequestFailed(str(error.get("code")), str(error.get("message")))
-    report: BenchReport = message["report"]
+    report: BenchReport = reply["report"]
     return report
 
 

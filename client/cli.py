@@ -13,7 +13,7 @@ import os
 import sys
 
 from rbd.client.connection import Connection
-from rbd.client.errors import ProtocolMismatch, RbdError, RequestFailed, UsageError
+from rbd.client.errors import ProtocolMismatch, RbdError, UsageError
 from rbd.contract import protocol
 
 # `import typing` costs ~2 ms of the client's start; mypy honours this name all the same.
@@ -214,21 +214,15 @@ def cmd_build(args: argparse.Namespace) -> int:
         # knows which build that is (not always the next build_started this connection
         # sees: one may have been launched just before the request).
         request_id = conn.send(protocol.BUILD, path=path)
+
+        def progress(event: dict[str, Any]) -> None:
+            if live and event["event"] in (protocol.BUILD_STARTED, protocol.BUILD_PROGRESS):
+                state = {"done": 0, "total": None, "elapsed_s": 0.0, **event}
+                line = render.progress_line(event.get("project", ""), state)
+                print("\r\033[K" + line, end="", file=sys.stderr, flush=True)
+
         try:
-            while True:
-                message = conn.poll(None)
-                if message is None:
-                    continue
-                if "event" in message:
-                    if live and message["event"] in (
-                        protocol.BUILD_STARTED,
-                        protocol.BUILD_PROGRESS,
-                    ):
-                        progress = {"done": 0, "total": None, "elapsed_s": 0.0, **message}
-                        line = render.progress_line(message.get("project", ""), progress)
-                        print("\r\033[K" + line, end="", file=sys.stderr, flush=True)
-                elif message.get("id") == request_id:
-                    break
+            reply = conn.reply_to(request_id, progress, timeout=None)
         except KeyboardInterrupt:
             if live:
                 print("\r\033[K", end="", file=sys.stderr)
@@ -239,16 +233,13 @@ def cmd_build(args: argparse.Namespace) -> int:
         finally:
             if live:
                 print("\r\033[K", end="", file=sys.stderr, flush=True)
-    if message.get("ok") is not True:
-        error = message.get("error") or {}
-        raise RequestFailed(str(error.get("code")), str(error.get("message")))
-    build = message["build"]
+    build = reply["build"]
     if args.json:
         _print_json(build)
     else:
         print(render.build_line(build, cause="rbd build"))
-        if message.get("first_error") and build["outcome"] == "failure":
-            for text in message["first_error"].splitlines()[:12]:
+        if reply.get("first_error") and build["outcome"] == "failure":
+            for text in reply["first_error"].splitlines()[:12]:
                 print("    " + text)
     return 0 if build["outcome"] == "success" else 1
 

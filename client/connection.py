@@ -20,7 +20,7 @@ from rbd.contract.peer import peer_credentials
 # `import typing` costs ~2 ms of the client's start; mypy honours this name all the same.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from typing import Any
 
 CONNECT_TIMEOUT_S = 2.0
@@ -125,10 +125,23 @@ class Connection:
 
     def request(self, op: str, **args: Any) -> dict[str, Any]:
         """Send a request and return its reply's results; RequestFailed if `ok` is false."""
-        request_id = self.send(op, **args)
+        return self.reply_to(self.send(op, **args))
+
+    def reply_to(
+        self,
+        request_id: Any,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        timeout: float | None = REPLY_TIMEOUT_S,
+    ) -> dict[str, Any]:
+        """The results of the reply to request_id, handing the events that come before it
+        to on_event (dropped without one); RequestFailed if `ok` is false. timeout bounds
+        the wait for each message; None waits as long as the request takes (a bench, a
+        build), which Ctrl-C interrupts."""
         while True:
-            reply = self.receive()
+            reply = self.receive(timeout)
             if "event" in reply:
+                if on_event is not None:
+                    on_event(reply)
                 continue
             if reply.get("id") not in (request_id, None):
                 continue
