@@ -41,7 +41,7 @@ from rbd.client.connection import Connection  # noqa: E402
 from rbd.contract import protocol  # noqa: E402
 from rbd.daemon.advice import probe  # noqa: E402
 from rbd.daemon.advice import rules as suggest  # noqa: E402
-from rbd.daemon.build.records import BuildResult, UnitRecord  # noqa: E402
+from rbd.daemon.build.records import BuildHeader, BuildResult, UnitRecord  # noqa: E402
 from rbd.daemon.store.sqlite import Store  # noqa: E402
 from tests.conftest import Rbd, make_crate  # noqa: E402
 
@@ -117,13 +117,9 @@ def populate(path: Path, project: str, count: int) -> float:
             started += timedelta(seconds=rng.uniform(5, 85))
             # One build in 50 is a first build (rbd start, a daemon restart): no trigger.
             trigger = [] if i % 50 == 0 else rng.sample(SOURCES, rng.choice((1, 1, 1, 2)))
-            build_id = store.begin_build(
-                project=project,
-                started_at=started.isoformat(timespec="milliseconds"),
-                trigger=trigger,
-                command=CARGO_ARGV,
-                config="default",
-            )
+            started_at = started.isoformat(timespec="milliseconds")
+            header = BuildHeader(project, started_at, tuple(trigger), tuple(CARGO_ARGV), "default")
+            build_id = store.begin_build(header)
             store.finish_build(build_id, fake_result(rng, trigger))
         # Read back what the daemon will read: the newest builds, in order.
         newest = store.history(project, 3)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rbd.contract.schema import Outcome
-from rbd.daemon.build.records import BuildResult, UnitRecord
+from rbd.daemon.build.records import BuildHeader, BuildResult, UnitRecord
 from rbd.daemon.errors import StoreError
 from rbd.daemon.store import sqlite as store_module
 from rbd.daemon.store.asyncstore import AsyncStore
@@ -19,11 +19,7 @@ def record(
     store: Store, project: str = "/p", outcome: Outcome = "success", wall: float = 1.5
 ) -> int:
     build_id = store.begin_build(
-        project=project,
-        started_at=now_iso(),
-        trigger=["src/main.rs"],
-        command=["cargo", "build"],
-        config="default",
+        BuildHeader(project, now_iso(), ("src/main.rs",), ("cargo", "build"), "default")
     )
     result = BuildResult(
         outcome=outcome,
@@ -42,9 +38,7 @@ def record(
 
 
 def begin(store: Store) -> int:
-    return store.begin_build(
-        project="/p", started_at=now_iso(), trigger=[], command=["cargo"], config="default"
-    )
+    return store.begin_build(BuildHeader("/p", now_iso(), (), ("cargo",), "default"))
 
 
 def test_new_store_is_wal_with_the_current_schema(tmp_path: Path) -> None:

@@ -31,14 +31,7 @@ async def begin(store: AsyncStore, hub: EventHub, header: BuildHeader) -> Record
     try:
         # The builds waiting for the store go first: ids stay in the order builds ran.
         await store.flush()
-        build_id = await store.write(
-            store.sync.begin_build,
-            project=header.project,
-            started_at=header.started_at,
-            trigger=list(header.trigger),
-            command=list(header.command),
-            config=header.config,
-        )
+        build_id = await store.write(store.sync.begin_build, header)
     except StoreError as exc:
         log.error("store_failed", error=str(exc), root=header.project)
     return Recording(store, hub, header, build_id)

@@ -89,16 +89,7 @@ class AsyncStore:
         while self.unsaved:
             build = self.unsaved[0]
             if build.build_id is None:
-                header = build.header
-                await self.write(
-                    self.sync.record_build,
-                    project=header.project,
-                    started_at=header.started_at,
-                    trigger=list(header.trigger),
-                    command=list(header.command),
-                    config=header.config,
-                    result=build.result,
-                )
+                await self.write(self.sync.record_build, build.header, build.result)
             else:
                 await self.write(self.sync.finish_build, build.build_id, build.result)
             self.unsaved.popleft()

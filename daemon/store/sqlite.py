@@ -21,7 +21,7 @@ from rbd.contract import private
 from rbd.contract.errors import RbdError
 from rbd.contract.protocol import PHASE_KEYS
 from rbd.contract.schema import BenchReport, BuildDetail, BuildSummary, Unit
-from rbd.daemon.build.records import BuildResult, UnitRecord, summary
+from rbd.daemon.build.records import BuildHeader, BuildResult, UnitRecord, summary
 from rbd.daemon.errors import StoreError
 
 MIGRATIONS: list[str] = [
@@ -229,17 +229,9 @@ class Store:
 
     # Builds -----------------------------------------------------------------
 
-    def begin_build(
-        self,
-        *,
-        project: str,
-        started_at: str,
-        trigger: list[str],
-        command: list[str],
-        config: str,
-    ) -> int:
+    def begin_build(self, header: BuildHeader) -> int:
         with self._transaction() as db:
-            return _insert_build(db, project, started_at, trigger, command, config)
+            return _insert_build(db, header)
 
     def set_process_group(self, build_id: int, pgid: int, pg_start: int | None) -> None:
         with self._transaction() as db:
@@ -251,19 +243,10 @@ class Store:
         with self._transaction() as db:
             _write_result(db, build_id, result)
 
-    def record_build(
-        self,
-        *,
-        project: str,
-        started_at: str,
-        trigger: list[str],
-        command: list[str],
-        config: str,
-        result: BuildResult,
-    ) -> int:
+    def record_build(self, header: BuildHeader, result: BuildResult) -> int:
         """A finished build in one go: one the store could not take while it ran."""
         with self._transaction() as db:
-            build_id = _insert_build(db, project, started_at, trigger, command, config)
+            build_id = _insert_build(db, header)
             _write_result(db, build_id, result)
             return build_id
 
@@ -436,17 +419,16 @@ class Store:
         return [(r["root"], json.loads(r["env"]), json.loads(r["overrides"])) for r in rows]
 
 
-def _insert_build(
-    db: sqlite3.Connection,
-    project: str,
-    started_at: str,
-    trigger: list[str],
-    command: list[str],
-    config: str,
-) -> int:
+def _insert_build(db: sqlite3.Connection, header: BuildHeader) -> int:
     cursor = db.execute(
         "INSERT INTO builds (project, started_at, trigger, command, config) VALUES (?, ?, ?, ?, ?)",
-        (project, started_at, json.dumps(trigger), json.dumps(command), config),
+        (
+            header.project,
+            header.started_at,
+            json.dumps(list(header.trigger)),
+            json.dumps(list(header.command)),
+            header.config,
+        ),
     )
     assert cursor.lastrowid is not None
     return cursor.lastrowid
