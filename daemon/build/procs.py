@@ -64,22 +64,8 @@ def start_ticks(pid: int) -> int | None:
 
 def group_members(pgid: int) -> list[tuple[int, int | None]]:
     """(pid, start ticks) of every live process in the group (Linux /proc scan)."""
-    members: list[tuple[int, int | None]] = []
-    try:
-        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        # fields[0] is the state; a zombie has exited already and holds nothing.
-        if len(fields) > 19 and int(fields[2]) == pgid and fields[0] != b"Z":
-            members.append((pid, int(fields[19])))
-    return members
+    # A zombie has exited already and holds nothing.
+    return [(p.pid, p.start) for p in process_table() if p.pgid == pgid and not p.zombie]
 
 
 def kill_group(pgid: int) -> None:
@@ -119,6 +105,8 @@ class Proc:
     ppid: int
     pgid: int
     zombie: bool
+    # When it started, in clock ticks after boot (a reused pid starts later).
+    start: int
 
 
 @dataclass
@@ -152,9 +140,12 @@ def process_table() -> list[Proc]:
             continue
         fields = stat[stat.rfind(b")") + 2 :].split()
         try:
-            table.append(Proc(int(name), int(fields[1]), int(fields[2]), fields[0] == b"Z"))
+            proc = Proc(
+                int(name), int(fields[1]), int(fields[2]), fields[0] == b"Z", int(fields[19])
+            )
         except (IndexError, ValueError):
             continue
+        table.append(proc)
     return table
 
 
