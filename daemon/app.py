@@ -105,7 +105,9 @@ class Daemon:
         os.chmod(socket_path, 0o600)
         async with anyio.create_task_group() as tg:
             await tg.start(procs.take_charge, paths.store_path())
-            registry = Registry(self.store, self.hub, tg, self.shims)
+            registry = Registry(
+                self.store, self.hub, tg, self.shims, Path(paths.state_dir()) / "apps"
+            )
             benches = Benches(registry, self.store, self.hub, self.shims)
             await tg.start(benches.run)
             services = Services(

@@ -74,3 +74,44 @@ def test_bad_env_and_rbd_toml(tmp_path: Path) -> None:
 def test_broken_manifest_is_left_to_cargo(tmp_path: Path) -> None:
     (tmp_path / "Cargo.toml").write_text("[package\n")
     assert load(tmp_path, {}, {}) == ProjectConfig()
+
+
+def test_run_mode_settings_from_every_layer(tmp_path: Path) -> None:
+    (tmp_path / "Cargo.toml").write_text(
+        '[package]\nname = "x"\nversion = "0.1.0"\n\n[package.metadata.rbd]\nrun = true\n'
+        'run_args = ["--port", "0"]\nrun_env = { APP_MODE = "dev" }\n'
+    )
+    (tmp_path / "rbd.toml").write_text('listen = ["localhost:3000", "[::1]:3000"]\n')
+    config = load(tmp_path, {"RBD_STOP_TIMEOUT_S": "2.5"}, {"run": "web"})
+    assert config.run == "web"
+    assert config.run_args == ("--port", "0")
+    assert config.run_env == (("APP_MODE", "dev"),)
+    assert config.listen == ("127.0.0.1:3000", "[::1]:3000")
+    assert config.stop_timeout_s == 2.5
+    assert config.to_json()["run_env"] == {"APP_MODE": "dev"}
+    assert load(tmp_path, {"RBD_RUN": "0"}, {}).runs is False
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"run": True, "listen": ["0.0.0.0:3000"]}, "not local"),
+        ({"run": True, "listen": ["127.0.0.1"]}, "not HOST:PORT"),
+        ({"run": True, "listen": ["127.0.0.1:70000"]}, "1 to 65535"),
+        ({"run": True, "listen": ["example.com:80"]}, "not an IP address"),
+        ({"run": True, "listen": ["127.0.0.1:3000", "localhost:3000"]}, "twice"),
+        ({"run": True, "command": "check"}, "run mode runs the binary"),
+        ({"run": True, "ready_url": "/health"}, "needs `listen`"),
+        ({"run": True, "ready_url": "http://10.1.2.3/"}, "not on this machine"),
+        ({"run": True, "ready_pattern": "("}, "not valid"),
+        ({"run": 3}, "run must be"),
+        ({"run": True, "run_env": {"A": 1}}, "run_env"),
+        ({"run": True, "stop_timeout_s": 0}, "stop_timeout_s"),
+    ],
+)
+def test_bad_run_settings_are_refused(
+    tmp_path: Path, values: dict[str, object], message: str
+) -> None:
+    (tmp_path / "Cargo.toml").write_text('[package]\nname = "x"\nversion = "0.1.0"\n')
+    with pytest.raises(ConfigError, match=message):
+        load(tmp_path, {}, dict(values))

@@ -170,7 +170,7 @@ async def serving(tmp_path: Path) -> AsyncIterator[tuple[Services, Callable[...,
     hub = EventHub(16)
     shims = Shims(tmp_path / "cache")
     async with anyio.create_task_group() as tg:
-        registry = Registry(store, hub, tg, shims)
+        registry = Registry(store, hub, tg, shims, tmp_path / "apps")
         benches = Benches(registry, store, hub, shims)
         await tg.start(benches.run)
         services = Services(

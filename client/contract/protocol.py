@@ -50,8 +50,10 @@ BENCH = "bench"
 BENCH_CANCEL = "bench_cancel"
 # `rbd build`: build a watched project now, as a save would; answered when that build ends.
 BUILD = "build"
+# `rbd logs --app`: the last lines of a watched project's app output.
+APP_LOG = "app_log"
 OPS = frozenset(
-    {HELLO, STATUS, START, STOP, SHUTDOWN, HISTORY, SHOW, SUBSCRIBE, BUILD}
+    {HELLO, STATUS, START, STOP, SHUTDOWN, HISTORY, SHOW, SUBSCRIBE, BUILD, APP_LOG}
     | {SUGGEST, TUNE_APPLY, TUNE_REVERT, BENCH, BENCH_CANCEL}
 )
 
@@ -66,6 +68,12 @@ PROJECT_STATE: Final = "project_state"
 BENCH_STARTED: Final = "bench_started"
 BENCH_PROGRESS: Final = "bench_progress"
 BENCH_FINISHED: Final = "bench_finished"
+# Run mode: an instance of the app started, answered (ready), failed to, exited; its output.
+APP_STARTED: Final = "app_started"
+APP_READY: Final = "app_ready"
+APP_FAILED: Final = "app_failed"
+APP_EXITED: Final = "app_exited"
+APP_OUTPUT: Final = "app_output"
 
 # Error codes.
 BAD_REQUEST: Final = "bad_request"

@@ -90,6 +90,7 @@ ARGS: dict[str, dict[str, Arg]] = {
     },
     protocol.BENCH_CANCEL: {"path": Arg("path")},
     protocol.BUILD: {"path": Arg("path", required=True)},
+    protocol.APP_LOG: {"path": Arg("path", required=True), "lines": Arg("int", default=200)},
 }
 
 
@@ -169,6 +170,13 @@ class BuildRequest(TypedDict):
     path: str
 
 
+class AppLogRequest(TypedDict):
+    # In a watched project.
+    path: str
+    # How many of the last lines (at most 10,000).
+    lines: NotRequired[int]
+
+
 REQUESTS: dict[str, type] = {
     protocol.HELLO: HelloRequest,
     protocol.STATUS: StatusRequest,
@@ -184,6 +192,7 @@ REQUESTS: dict[str, type] = {
     protocol.BENCH: BenchRequest,
     protocol.BENCH_CANCEL: BenchCancelRequest,
     protocol.BUILD: BuildRequest,
+    protocol.APP_LOG: AppLogRequest,
 }
 
 Request = (
@@ -201,6 +210,7 @@ Request = (
     | BenchRequest
     | BenchCancelRequest
     | BuildRequest
+    | AppLogRequest
 )
 
 # --- shared shapes ----------------------------------------------------------------------
@@ -241,6 +251,47 @@ class Phases(TypedDict):
     other_s: float | None
 
 
+class AppRun(TypedDict):
+    """Run mode's restart after a successful build (a build summary's `app`)."""
+
+    # The new instance's pid; null if it could not be started.
+    pid: int | None
+    bin: str | None
+    # Stopping the instance it replaced (SIGTERM until its group was gone); null: none ran.
+    stop_s: float | None
+    # From the new instance's start to ready; null: not ready, or readiness unknown.
+    ready_s: float | None
+    # From the first change rbd saw to ready (save -> serving); null without a save.
+    serving_s: float | None
+    # The replaced instance's exit status (negative: the signal that ended it).
+    replaced_exit: int | None
+    # rbd's listening sockets were handed over (`listen`).
+    handover: bool
+    # How readiness was decided: pattern, url, port; null when it could not be.
+    ready_by: str | None
+    # Why the restart did not end serving (could not start, exited, not ready in time).
+    error: str | None
+
+
+class AppStatus(TypedDict):
+    """The project's app now (`rbd status`), in run mode."""
+
+    # none (no successful build yet), starting, ready, running (readiness unknown),
+    # exited (by itself), stopped, failed (could not start).
+    state: str
+    pid: int | None
+    bin: str | None
+    build_id: int | None
+    since: str | None
+    exit_code: int | None
+    # The last lines it printed, when it exited by itself or failed.
+    last_lines: list[str]
+    # Its captured output (`rbd logs --app`).
+    log: str
+    listen: list[str]
+    error: str | None
+
+
 class BuildSummary(TypedDict):
     """A finished build, as `history --json` prints it."""
 
@@ -260,6 +311,8 @@ class BuildSummary(TypedDict):
     linker: str | None
     rustc_wrapper: str | None
     phases: Phases
+    # Run mode's restart after this build; null when run mode is off or none was tried.
+    app: AppRun | None
 
 
 class Unit(TypedDict):
@@ -322,6 +375,8 @@ class ProjectStatus(TypedDict):
     polling: bool
     target_dir: str
     problem: str | None
+    # Run mode's app; null when run mode is off.
+    app: AppStatus | None
 
 
 class DaemonStatus(TypedDict):
@@ -495,6 +550,12 @@ class BenchCancelReply(TypedDict):
     project: NotRequired[str]
 
 
+class AppLogReply(TypedDict):
+    project: str
+    log: str
+    lines: list[str]
+
+
 class BuildReply(TypedDict):
     """Sent when the build that covers the request has ended, whatever its outcome."""
 
@@ -518,6 +579,7 @@ Reply = (
     | BenchReply
     | BenchCancelReply
     | BuildReply
+    | AppLogReply
 )
 
 
@@ -606,6 +668,57 @@ class BenchFinished(TypedDict):
     code: NotRequired[ErrorCode]
 
 
+class AppStarted(TypedDict):
+    event: Literal["app_started"]
+    project: str
+    build_id: int | None
+    pid: int
+    bin: str
+    argv: list[str]
+    listen: list[str]
+    handover: bool
+
+
+class AppReady(TypedDict):
+    event: Literal["app_ready"]
+    project: str
+    build_id: int | None
+    pid: int
+    app: AppRun
+
+
+class AppFailed(TypedDict):
+    """A restart that did not end serving: could not start, exited first, not ready."""
+
+    event: Literal["app_failed"]
+    project: str
+    build_id: int | None
+    pid: int | None
+    app: AppRun
+    last_lines: list[str]
+
+
+class AppExited(TypedDict):
+    event: Literal["app_exited"]
+    project: str
+    build_id: int | None
+    pid: int
+    exit_code: int | None
+    # The signal that ended it, if one did.
+    signal: int | None
+    # rbd stopped it (a restart, rbd stop, shutdown); false: it exited by itself.
+    expected: bool
+    last_lines: list[str]
+
+
+class AppOutput(TypedDict):
+    event: Literal["app_output"]
+    project: str
+    build_id: int | None
+    pid: int
+    lines: list[str]
+
+
 Event = (
     BuildStarted
     | BuildProgress
@@ -615,4 +728,9 @@ Event = (
     | BenchStarted
     | BenchProgress
     | BenchFinished
+    | AppStarted
+    | AppReady
+    | AppFailed
+    | AppExited
+    | AppOutput
 )

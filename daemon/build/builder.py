@@ -352,6 +352,8 @@ class Build:
         kinds = target.get("kind") or ["unknown"]
         package = package_name(str(message.get("package_id", "")))
         fresh = bool(message.get("fresh"))
+        if "bin" in kinds and message.get("executable"):
+            result.executables[str(target.get("name", package))] = str(message["executable"])
         if fresh:
             result.units_fresh += 1
             return

@@ -205,6 +205,13 @@ def kill_build(marker: str, pgid: int) -> int:
     return len(pids)
 
 
+def group_tree(pgid: int) -> set[int]:
+    """The live processes of group pgid and their descendants (/proc/PID/stat only, no
+    marker scan: cheap enough to poll)."""
+    table = process_table()
+    return _with_descendants(table, {p.pid for p in table if not p.zombie and p.pgid == pgid})
+
+
 def kill_tree(pgid: int) -> int:
     """SIGKILL the group and every descendant of it at once, without the marker scan
     (cheap enough for the event loop: /proc/PID/stat only); returns how many were found.

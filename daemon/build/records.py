@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rbd.contract.protocol import PHASE_KEYS
-from rbd.contract.schema import BuildSummary, Outcome, Phases, Unit
+from rbd.contract.schema import AppRun, BuildSummary, Outcome, Phases, Unit
 
 
 @dataclass
@@ -72,6 +72,9 @@ class BuildResult:
     first_error: str | None = None
     diagnostics: str = ""
     units: list[UnitRecord] = field(default_factory=list)
+    # The executable of each bin target cargo reported (fresh or rebuilt), by bin name:
+    # what run mode starts. Not stored.
+    executables: dict[str, str] = field(default_factory=dict)
     # Keyed by PHASE_KEYS (filled in as measured; see phases_of).
     phases: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(PHASE_KEYS))
 
@@ -115,6 +118,7 @@ def summary(
     linker: str | None,
     phases: Mapping[str, float | None],
     rustc_wrapper: str | None = None,
+    app: AppRun | None = None,
 ) -> BuildSummary:
     """A build summary in the shape `history --json` prints (one place builds it)."""
     return {
@@ -134,6 +138,7 @@ def summary(
         "linker": linker,
         "rustc_wrapper": rustc_wrapper,
         "phases": phases_of(phases),
+        "app": app,
     }
 
 

@@ -16,17 +16,27 @@ import anyio
 import structlog
 
 from rbd.contract import protocol
-from rbd.contract.schema import BuildSummary, CurrentBuild, ProjectState, ProjectStatus, State
+from rbd.contract.schema import (
+    AppRun,
+    BuildSummary,
+    CurrentBuild,
+    ProjectState,
+    ProjectStatus,
+    State,
+)
 from rbd.daemon.build import cargo_config
 from rbd.daemon.build.builder import Build
 from rbd.daemon.build.configurations import BuildConfig
 from rbd.daemon.build.records import BuildHeader, BuildResult
 from rbd.daemon.build.shim import Shims
-from rbd.daemon.errors import DaemonError, NotWatched, ProjectError
+from rbd.daemon.errors import DaemonError, NotWatched, ProjectError, StoreError
 from rbd.daemon.projects import recorder
 from rbd.daemon.projects import workspace as workspaces
 from rbd.daemon.projects.settings import ProjectConfig
 from rbd.daemon.rpc.events import EventHub
+from rbd.daemon.serve.listen import Listeners
+from rbd.daemon.serve.output import AppOutput
+from rbd.daemon.serve.runner import AppRunner, RunSettings
 from rbd.daemon.store.asyncstore import AsyncStore
 from rbd.daemon.store.sqlite import now_iso
 from rbd.daemon.watch.scheduler import Scheduler
@@ -59,6 +69,7 @@ class Project:
         hub: EventHub,
         shims: Shims,
         build_config: BuildConfig,
+        app_output: AppOutput,
     ) -> None:
         self.workspace = workspace
         self.build_config = build_config
@@ -69,6 +80,8 @@ class Project:
         self.store = store
         self.hub = hub
         self.shims = shims
+        # Run mode (idle while it is off): the app replaced after each successful build.
+        self.runner = AppRunner(self.key, self.root, app_output, hub, self.record_app)
         self.problem: str | None = None
         # A manifest changed: re-read the workspace before the next build.
         self._reload_soon = False
@@ -128,28 +141,36 @@ class Project:
         with anyio.CancelScope() as scope:
             self._scope = scope
             try:
-                backoff = 1.0
-                initial_build = True
-                announced = False
-                while True:
-                    try:
-                        async with anyio.create_task_group() as tg:
-                            tg.start_soon(self.watcher.run)
-                            await self.watcher.ready.wait()
-                            if not announced:
-                                announced = True
-                                task_status.started()
-                            tg.start_soon(self.scheduler.run, initial_build)
-                    except Exception as exc:
-                        # A bug or an unforeseen state in one project must not
-                        # take the daemon, or the other projects, down with it.
-                        log.exception("project_failed", root=self.key)
-                        self.problem = f"rbd hit an internal error ({exc!r}); see the log"
-                    initial_build = False
-                    await anyio.sleep(backoff)
-                    backoff = min(backoff * 2, 30.0)
+                async with anyio.create_task_group() as tg:
+                    # Beside the watch loop, not in it: a watcher's failure and restart
+                    # does not take the developer's server down.
+                    tg.start_soon(self.runner.run)
+                    await self._watch(task_status)
             finally:
                 self.stopped.set()
+
+    async def _watch(self, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """The watcher and scheduler, restarted (with backoff) if a bug ends them."""
+        backoff = 1.0
+        initial_build = True
+        announced = False
+        while True:
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self.watcher.run)
+                    await self.watcher.ready.wait()
+                    if not announced:
+                        announced = True
+                        task_status.started()
+                    tg.start_soon(self.scheduler.run, initial_build)
+            except Exception as exc:
+                # A bug or an unforeseen state in one project must not
+                # take the daemon, or the other projects, down with it.
+                log.exception("project_failed", root=self.key)
+                self.problem = f"rbd hit an internal error ({exc!r}); see the log"
+            initial_build = False
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
 
     def stop(self) -> None:
         self.watcher.close()
@@ -266,6 +287,20 @@ class Project:
                 await self._finish(recording, await build.stop())
             raise
         await self._finish(recording, result)
+        if result.outcome == "success":
+            self.runner.want(recording.build_id, result.executables, first_seen)
+
+    async def record_app(self, build_id: int | None, app: AppRun) -> None:
+        """Run mode's restart after build build_id: stored with it, and shown in the
+        project's last build (the runner's Record)."""
+        if self.last_build is not None and self.last_build["id"] == build_id:
+            self.last_build = {**self.last_build, "app": app}
+        if build_id is None:
+            return
+        try:
+            await self.store.write(self.store.sync.set_app, build_id, app)
+        except StoreError as exc:
+            log.error("store_failed", error=str(exc), root=self.key)
 
     async def _finish(self, recording: recorder.Recording, result: BuildResult) -> None:
         self.last_build = await recording.finish(result)
@@ -279,12 +314,21 @@ class Project:
         overrides: dict[str, Any],
         config: ProjectConfig,
         build_config: BuildConfig,
+        run: RunSettings | None,
+        listeners: Listeners | None,
     ) -> None:
+        """New environment and settings for the next build. When run mode's settings
+        changed (turned on, another bin or address...), a build is asked for, so the
+        app starts, or restarts with them, without waiting for a save."""
         self.env = env
         self.overrides = overrides
         self.config = config
         self.build_config = build_config
         self.scheduler.settle_s = config.settle_ms / 1000
+        changed = run != self.runner.settings or listeners is not self.runner.listeners
+        self.runner.configure(run, env, listeners)
+        if run is not None and changed:
+            self.scheduler.request()
 
     def status(self) -> ProjectStatus:
         current: CurrentBuild | None = None
@@ -311,4 +355,5 @@ class Project:
             "polling": self.watcher.polling,
             "target_dir": str(self.workspace.target_dir),
             "problem": self.problem or self.workspace.metadata_error,
+            "app": self.runner.status(),
         }

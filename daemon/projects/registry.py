@@ -20,20 +20,52 @@ from rbd.daemon.projects import settings
 from rbd.daemon.projects import workspace as workspaces
 from rbd.daemon.projects.project import Project
 from rbd.daemon.rpc.events import EventHub
+from rbd.daemon.serve import output as serve_output
+from rbd.daemon.serve.listen import Listeners
+from rbd.daemon.serve.output import AppOutput
+from rbd.daemon.serve.runner import RunSettings, settings_for
 from rbd.daemon.store.asyncstore import AsyncStore
 
 log = structlog.get_logger("projects")
+
+
+def _run_settings(
+    config: settings.ProjectConfig, workspace: workspaces.Workspace
+) -> RunSettings | None:
+    """Run mode's settings for the project, None when it is off; raises ConfigError
+    when no bin can be chosen."""
+    if not config.runs:
+        return None
+    return settings_for(
+        config.run,
+        workspace.bins,
+        workspace.default_run,
+        args=config.run_args,
+        env=config.run_env,
+        listen=config.listen,
+        ready_url=config.ready_url,
+        ready_pattern=config.ready_pattern,
+        ready_timeout_s=config.ready_timeout_s,
+        stop_timeout_s=config.stop_timeout_s,
+    )
 
 
 class Registry:
     """The watched projects, keyed by workspace root."""
 
     def __init__(
-        self, store: AsyncStore, hub: EventHub, tg: anyio.abc.TaskGroup, shims: Shims
+        self,
+        store: AsyncStore,
+        hub: EventHub,
+        tg: anyio.abc.TaskGroup,
+        shims: Shims,
+        apps_dir: Path,
     ) -> None:
         self.store = store
         self.hub = hub
         self.shims = shims
+        # Where run mode keeps each project's app output (daemon.serve.output).
+        self.apps_dir = apps_dir
         self._tg = tg
         self.projects: dict[str, Project] = {}
 
@@ -56,23 +88,43 @@ class Registry:
         """Watch the project at path; returns it and whether it was already watched.
 
         Raises what loading the workspace raises (ProjectError, CargoMissing), ConfigError
-        for invalid settings or an unknown configuration, Unavailable for one this
-        machine cannot build."""
+        for invalid settings, an unknown configuration, a bin run mode cannot choose or a
+        listen address it cannot bind, Unavailable for a configuration this machine
+        cannot build."""
         workspace = await workspaces.load(Path(path).resolve(), env)
         # Off the event loop: the user's manifest may be large (see tomlfile).
         config = await anyio.to_thread.run_sync(settings.load, workspace.root, env, overrides)
         build_config = await self._build_config(workspace, env, config.build_config)
+        run = _run_settings(config, workspace)
         key = str(workspace.root)
         existing = self.projects.get(key)
+        # Bound last, once nothing else can fail: a watched project keeps the sockets it
+        # holds for the addresses it still names (its app never sees the port close).
+        listeners = None
+        if run is not None and config.listen:
+            held = existing.runner.listeners if existing is not None else None
+            if held is not None and held.addresses == config.listen:
+                listeners = held
+            else:
+                listeners = Listeners(config.listen, reuse=held)
         if existing is not None:
             # Watched already: the next build uses the new environment and
             # settings; the watch and any running build carry on.
-            existing.update(env, overrides, config, build_config)
+            existing.update(env, overrides, config, build_config, run, listeners)
             await self._persist(key, env, overrides, persist)
             return existing, True
         project = Project(
-            workspace, env, overrides, config, self.store, self.hub, self.shims, build_config
+            workspace,
+            env,
+            overrides,
+            config,
+            self.store,
+            self.hub,
+            self.shims,
+            build_config,
+            AppOutput(serve_output.log_path(self.apps_dir, key)),
         )
+        project.runner.configure(run, env, listeners)
         try:
             project.last_build = await self.store.call(self.store.sync.last_build, key)
         except StoreError:

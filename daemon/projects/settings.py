@@ -9,6 +9,7 @@ typo must not silently build the wrong thing.
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from rbd.daemon.build import configurations
 from rbd.daemon.errors import ConfigError
 from rbd.daemon.projects import tomlfile
 from rbd.daemon.projects.tomlfile import TomlTooLarge
+from rbd.daemon.serve import listen as listening
 
 # Cargo subcommands that build without running anything of the project's.
 SUBCOMMANDS = frozenset({"build", "check", "test", "bench", "clippy", "doc"})
@@ -36,7 +38,25 @@ ENV_KEYS = {
     "RBD_SETTLE_MS": "settle_ms",
     "RBD_TIMEOUT_S": "timeout_s",
     "RBD_CONFIG": "build_config",
+    "RBD_RUN": "run",
+    "RBD_RUN_ARGS": "run_args",
+    "RBD_LISTEN": "listen",
+    "RBD_READY_URL": "ready_url",
+    "RBD_READY_PATTERN": "ready_pattern",
+    "RBD_READY_TIMEOUT_S": "ready_timeout_s",
+    "RBD_STOP_TIMEOUT_S": "stop_timeout_s",
 }
+# Run mode's settings (daemon.serve): the app rbd starts after each successful build.
+RUN_KEYS = (
+    "run",
+    "run_args",
+    "run_env",
+    "listen",
+    "ready_url",
+    "ready_pattern",
+    "ready_timeout_s",
+    "stop_timeout_s",
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +70,23 @@ class ProjectConfig:
     timeout_s: float = 1800.0
     # The named build configuration (daemon.build.configurations): mold, line-tables-only...
     build_config: str = "default"
+    # Run mode: False (off), True (the package's bin), or the name of the bin to run.
+    run: bool | str = False
+    run_args: tuple[str, ...] = ()
+    # Added to the environment of `rbd start` for the app (sorted (name, value) pairs).
+    run_env: tuple[tuple[str, str], ...] = ()
+    # Loopback addresses rbd binds once and hands to every instance ("127.0.0.1:3000").
+    listen: tuple[str, ...] = ()
+    ready_url: str | None = None
+    ready_pattern: str | None = None
+    # An app not ready this long after its start is recorded so (and left running).
+    ready_timeout_s: float = 30.0
+    # SIGTERM to the app's process group, then SIGKILL after this long.
+    stop_timeout_s: float = 5.0
+
+    @property
+    def runs(self) -> bool:
+        return self.run is not False
 
     def argv(self) -> list[str]:
         words = shlex.split(self.command)
@@ -61,6 +98,9 @@ class ProjectConfig:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["args"] = list(self.args)
+        data["run_args"] = list(self.run_args)
+        data["run_env"] = dict(self.run_env)
+        data["listen"] = list(self.listen)
         return data
 
 
@@ -99,9 +139,91 @@ def _validated(values: dict[str, Any], source: str) -> dict[str, Any]:
                 out[key] = "+".join(configurations.parse(value))
             except ConfigError as exc:
                 raise ConfigError(f"{source}: {exc}") from None
+        elif key in RUN_KEYS:
+            out[key] = _run_value(key, value, source)
         else:
             raise ConfigError(f"{source}: unknown setting {key!r}")
     return out
+
+
+def _run_value(key: str, value: Any, source: str) -> Any:
+    """One run-mode setting, validated (see ProjectConfig)."""
+    if key == "run":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+        raise ConfigError(f"{source}: run must be true, false or a bin name (got {value!r})")
+    if key == "run_args":
+        if isinstance(value, str):
+            try:
+                value = shlex.split(value)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: run_args {value!r}: {exc}") from None
+        if not isinstance(value, list | tuple) or not all(isinstance(a, str) for a in value):
+            raise ConfigError(f"{source}: run_args must be a list of strings (got {value!r})")
+        return tuple(value)
+    if key == "run_env":
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and k and "=" not in k and isinstance(v, str)
+            for k, v in value.items()
+        ):
+            raise ConfigError(f"{source}: run_env must be a table of strings (got {value!r})")
+        return tuple(sorted(value.items()))
+    if key == "listen":
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(a, str) for a in value):
+            raise ConfigError(f"{source}: listen must be a list of addresses (got {value!r})")
+        try:
+            addresses = tuple(listening.normalize(a) for a in value)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        if len(set(addresses)) != len(addresses):
+            raise ConfigError(f"{source}: listen names an address twice")
+        if len(addresses) > listening.MAX_SOCKETS:
+            raise ConfigError(f"{source}: listen takes at most {listening.MAX_SOCKETS} addresses")
+        return addresses
+    if key == "ready_url":
+        if value is None:
+            return None
+        if not isinstance(value, str) or not (value.startswith("/") or value.startswith("http://")):
+            raise ConfigError(
+                f"{source}: ready_url must be an http:// URL or a path like /health (got {value!r})"
+            )
+        return value
+    if key == "ready_pattern":
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: ready_pattern must be a regular expression")
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ConfigError(f"{source}: ready_pattern {value!r} is not valid: {exc}") from None
+        return value
+    # ready_timeout_s, stop_timeout_s
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+        raise ConfigError(f"{source}: {key} must be a number of seconds, 0 < {key} <= 3600")
+    return float(value)
+
+
+def _checked(config: ProjectConfig) -> ProjectConfig:
+    """The settings that only make sense together; raises ConfigError."""
+    if not config.runs:
+        return config
+    if shlex.split(config.command)[0] != "build":
+        raise ConfigError(
+            f"run mode runs the binary `cargo build` makes; command is {config.command!r}"
+            ' (set command = "build" or leave it out)'
+        )
+    if config.ready_url is not None and config.ready_url.startswith("/") and not config.listen:
+        raise ConfigError(
+            f"ready_url {config.ready_url!r} is a path: it needs `listen` to name the address"
+        )
+    if config.ready_url is not None and config.ready_url.startswith("http://"):
+        listening.check_url(config.ready_url)
+    return config
 
 
 def _from_env(env: dict[str, str]) -> dict[str, Any]:
@@ -115,11 +237,19 @@ def _from_env(env: dict[str, str]) -> dict[str, Any]:
                 values[key] = int(raw)
             except ValueError:
                 raise ConfigError(f"{name} must be an integer (got {raw!r})") from None
-        elif key == "timeout_s":
+        elif key in ("timeout_s", "ready_timeout_s", "stop_timeout_s"):
             try:
                 values[key] = float(raw)
             except ValueError:
                 raise ConfigError(f"{name} must be a number (got {raw!r})") from None
+        elif key == "run":
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes"):
+                values[key] = True
+            elif lowered in ("0", "false", "no"):
+                values[key] = False
+            else:
+                values[key] = raw
         else:
             values[key] = raw
     return values
@@ -161,4 +291,4 @@ def load(root: Path, env: dict[str, str], overrides: dict[str, Any]) -> ProjectC
         if not isinstance(values, dict):
             raise ConfigError(f"{source} must be a table")
         config = replace(config, **_validated(values, source))
-    return config
+    return _checked(config)

@@ -37,6 +37,11 @@ class Workspace:
     metadata_error: str | None = None
     # (major, minor) of the cargo that builds it: its timings format depends on it.
     cargo_version: tuple[int, int] | None = None
+    # The bins `cargo run` would choose from here (the root package's; in a virtual
+    # workspace, every member's), and the root package's `default-run`; unknown (empty,
+    # None) when cargo metadata failed.
+    bins: tuple[str, ...] = ()
+    default_run: str | None = None
 
 
 def find_manifest(start: Path) -> Path:
@@ -93,9 +98,25 @@ def _layout(metadata: dict[str, Any]) -> tuple[Path, Path, list[Path]]:
     return root, target, dirs
 
 
-def _parse_metadata(stdout: bytes) -> tuple[Path, Path, tuple[Path, ...]]:
-    root, target, dirs = _layout(json.loads(stdout))
-    return root, target, _with_transitive_path_deps(dirs)
+def _bins(metadata: dict[str, Any], root: Path) -> tuple[tuple[str, ...], str | None]:
+    """The bins run mode chooses from, and the root package's default-run."""
+    packages = metadata["packages"]
+    rooted = [p for p in packages if Path(p["manifest_path"]).parent.resolve() == root]
+    chosen = rooted or packages
+    bins = tuple(
+        str(t["name"]) for p in chosen for t in p.get("targets", []) if "bin" in t.get("kind", [])
+    )
+    default_run = rooted[0].get("default_run") if rooted else None
+    return bins, default_run if isinstance(default_run, str) else None
+
+
+def _parse_metadata(
+    stdout: bytes,
+) -> tuple[Path, Path, tuple[Path, ...], tuple[str, ...], str | None]:
+    metadata = json.loads(stdout)
+    root, target, dirs = _layout(metadata)
+    bins, default_run = _bins(metadata, root)
+    return root, target, _with_transitive_path_deps(dirs), bins, default_run
 
 
 def _with_transitive_path_deps(dirs: list[Path]) -> tuple[Path, ...]:
@@ -154,8 +175,12 @@ async def load(
         if done.returncode == 0:
             # Parsed in a worker thread (cargo's JSON, then the members' manifests): a
             # workspace of hundreds of crates must not hold up the loop serving every project.
-            root, target, deps = await anyio.to_thread.run_sync(_parse_metadata, done.stdout)
-            return Workspace(root, target, deps, cargo_version=version)
+            root, target, deps, bins, default_run = await anyio.to_thread.run_sync(
+                _parse_metadata, done.stdout
+            )
+            return Workspace(
+                root, target, deps, cargo_version=version, bins=bins, default_run=default_run
+            )
         error = _first_error(done.stderr.decode(errors="replace"))
     root = manifest.parent.resolve()
     target_env = env.get("CARGO_TARGET_DIR")

@@ -24,6 +24,8 @@ import anyio
 
 from rbd.contract import protocol
 from rbd.contract.schema import (
+    AppLogReply,
+    AppLogRequest,
     BenchCancelReply,
     BenchCancelRequest,
     BenchReply,
@@ -54,9 +56,10 @@ from rbd.contract.schema import (
 )
 from rbd.daemon.advice import advisor
 from rbd.daemon.bench import runner
-from rbd.daemon.errors import BadRequest, NotFound, NotWatched, ProjectError
+from rbd.daemon.errors import BadRequest, ConfigError, NotFound, NotWatched, ProjectError
 from rbd.daemon.projects.project import Project
 from rbd.daemon.rpc.connection import Connection
+from rbd.daemon.serve import output
 from rbd.daemon.services import DaemonInfo, Services
 
 # The request is the TypedDict of its op (schema.REQUESTS), as requests.parse made it.
@@ -294,7 +297,33 @@ async def _build(services: Services, connection: Connection, request: BuildReque
     return {"project": project.key, "build": build, "first_error": first_error}
 
 
+async def _app_log(
+    services: Services, connection: Connection, request: AppLogRequest
+) -> AppLogReply:
+    """The last lines of the watched project's app output (run mode).
+
+    Raises NotWatched for a path in no watched project, BadRequest for a count out of
+    range, ConfigError when run mode is off and never ran there."""
+    count = request.get("lines", 200)
+    if not 1 <= count <= output.MAX_TAIL_LINES:
+        raise BadRequest(f"lines must be from 1 to {output.MAX_TAIL_LINES}")
+    path = request["path"]
+    project = services.registry.find(path)
+    if project is None:
+        raise NotWatched(f"{path} is not inside a project rbd watches (`rbd start` it first)")
+    app_output = project.runner.output
+    lines = await anyio.to_thread.run_sync(output.tail, app_output.path, count)
+    if lines is None:
+        if not project.runner.enabled:
+            raise ConfigError(
+                f"run mode is off for {project.key}: `rbd start --run` runs its server"
+            )
+        lines = []
+    return {"project": project.key, "log": str(app_output.path), "lines": lines}
+
+
 HANDLERS: dict[str, Handler] = {
+    protocol.APP_LOG: _app_log,
     protocol.BENCH: _bench,
     protocol.BENCH_CANCEL: _bench_cancel,
     protocol.BUILD: _build,

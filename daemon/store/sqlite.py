@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 from rbd.contract import private
 from rbd.contract.errors import RbdError
 from rbd.contract.protocol import PHASE_KEYS
-from rbd.contract.schema import BenchReport, BuildDetail, BuildSummary, Unit
+from rbd.contract.schema import AppRun, BenchReport, BuildDetail, BuildSummary, Unit
 from rbd.daemon.build.records import BuildHeader, BuildResult, UnitRecord, summary
 from rbd.daemon.errors import StoreError
 
@@ -111,6 +111,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX benches_by_project ON benches (project, id);
     """,
+    # 6: run mode's restart after a build (schema.AppRun, as JSON).
+    """
+    ALTER TABLE builds ADD COLUMN app TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -140,7 +144,7 @@ JOURNAL_SUFFIXES = ("-wal", "-shm", "-journal")
 
 _SUMMARY_COLUMNS = (
     "id, project, started_at, trigger, command, config, outcome, wall_s, settle_s, errors, "
-    "warnings, units_rebuilt, units_fresh, linker, rustc_wrapper, " + ", ".join(PHASE_KEYS)
+    "warnings, units_rebuilt, units_fresh, linker, rustc_wrapper, app, " + ", ".join(PHASE_KEYS)
 )
 
 
@@ -249,6 +253,11 @@ class Store:
             build_id = _insert_build(db, header)
             _write_result(db, build_id, result)
             return build_id
+
+    def set_app(self, build_id: int, app: AppRun) -> None:
+        """Run mode's restart after the build (it ends after the build was recorded)."""
+        with self._transaction() as db:
+            db.execute("UPDATE builds SET app = ? WHERE id = ?", (json.dumps(app), build_id))
 
     def running_builds(self) -> list[tuple[int, int | None, int | None]]:
         """Builds begun and never finished: (id, pgid, pg_start) of each."""
@@ -486,4 +495,15 @@ def _summary(row: sqlite3.Row) -> BuildSummary:
         linker=row["linker"],
         phases={key: row[key] for key in PHASE_KEYS},
         rustc_wrapper=row["rustc_wrapper"],
+        app=_app(row["app"]),
     )
+
+
+def _app(text: str | None) -> AppRun | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return cast(AppRun, value) if isinstance(value, dict) else None

@@ -1,0 +1,133 @@
+"""When a started app counts as serving: how rbd tells, and how long it waits.
+
+In order of preference (settings.ProjectConfig):
+
+- `ready_pattern`: the first line of the app's output that matches it;
+- `ready_url`, or with `listen` a GET of `/` on the first address: any HTTP response.
+  With `listen` the socket accepts from the start (rbd holds it), so only an answer
+  says the new instance serves; the GET waits in the backlog until the app accepts it,
+  so it answers at the moment the app does, not one poll later;
+- otherwise the app (any process of its group, or a descendant) has a TCP socket in
+  LISTEN state (Linux /proc; elsewhere readiness is unknown and shown as such).
+
+Polls start at POLL_FIRST_S and back off to POLL_MAX_S: a server that starts in 5 ms
+is seen within about a millisecond of it, one that takes seconds costs few scans.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import anyio
+
+from rbd.daemon.build import procs
+
+POLL_FIRST_S = 0.001
+POLL_MAX_S = 0.02
+# One GET may wait this long for its answer before it is tried again.
+HTTP_ATTEMPT_S = 5.0
+# /proc/net/tcp's state column for LISTEN.
+_LISTEN_STATE = "0A"
+_SOCKET = re.compile(r"socket:\[(\d+)\]")
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """How one instance's readiness is decided: `by` is pattern, url or port."""
+
+    by: str
+    url: str | None = None
+    pattern: re.Pattern[str] | None = None
+
+
+def choose(
+    ready_pattern: str | None, ready_url: str | None, listen: tuple[str, ...]
+) -> Readiness | None:
+    """The readiness check for these settings; None where none can be made (no pattern,
+    no URL, no listen, and no /proc to see a listening socket in)."""
+    if ready_pattern is not None:
+        return Readiness("pattern", pattern=re.compile(ready_pattern))
+    if ready_url is not None and ready_url.startswith("http://"):
+        return Readiness("url", url=ready_url)
+    if listen:
+        path = ready_url or "/"
+        return Readiness("url", url=f"http://{listen[0]}{path}")
+    if os.path.isdir("/proc/net"):
+        return Readiness("port")
+    return None
+
+
+async def http_answers(url: str) -> bool:
+    """Whether a GET of url gets an HTTP response (any status) within HTTP_ATTEMPT_S."""
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or 80
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    request = (
+        f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUser-Agent: rbd\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    try:
+        with anyio.fail_after(HTTP_ATTEMPT_S):
+            async with await anyio.connect_tcp(host, port) as stream:
+                await stream.send(request)
+                head = b""
+                while len(head) < 5:
+                    head += await stream.receive()
+                return head.startswith(b"HTTP/")
+    except (OSError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError):
+        return False
+
+
+def _listening_inodes() -> set[str]:
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 9 and fields[3] == _LISTEN_STATE:
+                        inodes.add(fields[9])
+        except OSError:
+            continue
+    return inodes
+
+
+def listens(pgid: int) -> bool:
+    """Whether a process of the app's group (or a descendant) has a listening TCP socket."""
+    sockets: set[str] = set()
+    for pid in procs.group_tree(pgid):
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for name in names:
+            try:
+                match = _SOCKET.match(os.readlink(f"/proc/{pid}/fd/{name}"))
+            except OSError:
+                continue
+            if match:
+                sockets.add(match[1])
+    return bool(sockets) and not sockets.isdisjoint(_listening_inodes())
+
+
+async def wait(readiness: Readiness, pgid: int, matched: anyio.Event) -> None:
+    """Return once the app is ready by readiness (matched: set when its output matched
+    the pattern). The caller bounds it with ready_timeout_s, and ends it if the app exits."""
+    if readiness.by == "pattern":
+        await matched.wait()
+        return
+    delay = POLL_FIRST_S
+    while True:
+        if readiness.by == "url":
+            assert readiness.url is not None
+            if await http_answers(readiness.url):
+                return
+        elif await anyio.to_thread.run_sync(listens, pgid):
+            return
+        await anyio.sleep(delay)
+        delay = min(delay * 2, POLL_MAX_S)
