@@ -52,6 +52,12 @@ def cmd_start(args: argparse.Namespace) -> int:
         overrides["build_config"] = args.config
     if args.cargo_args:
         overrides["args"] = args.cargo_args
+    if args.run_bin is not None:
+        overrides["run"] = args.run_bin
+    elif args.run:
+        overrides["run"] = True
+    if args.listen:
+        overrides["listen"] = args.listen
     with connect_or_spawn() as conn:
         reply = conn.request(
             protocol.START, path=_dir(args.dir), env=dict(os.environ), overrides=overrides
@@ -69,6 +75,19 @@ def cmd_start(args: argparse.Namespace) -> int:
         )
     if project.get("problem"):
         print(f"rbd: note: {project['problem']}")
+    app = project.get("app")
+    if app is not None:
+        listen = app.get("listen") or []
+        if listen:
+            print(
+                f"rbd: runs {app.get('bin') or 'the bin'} after each successful build; "
+                f"rbd holds {', '.join(listen)} open across restarts (LISTEN_FDS)"
+            )
+        else:
+            print(
+                f"rbd: runs {app.get('bin') or 'the bin'} after each successful build; the "
+                "port closes while it restarts (`--listen ADDR` keeps it open: README, Run mode)"
+            )
     if not reply["already"]:
         print("rbd: first build started; `rbd tail` shows it live")
     return 0
@@ -194,6 +213,21 @@ def cmd_tail(args: argparse.Namespace) -> int:
                     if event.get("first_error") and event["build"]["outcome"] == "failure":
                         for text in event["first_error"].splitlines()[:12]:
                             print("    " + text)
+                elif name == protocol.APP_OUTPUT:
+                    # The server's own output, as `cargo watch -x run` shows it.
+                    prefix = "\r\033[K" if live and progress is not None else ""
+                    print(prefix + "\n".join(event.get("lines") or []), flush=True)
+                elif name in (protocol.APP_READY, protocol.APP_FAILED):
+                    print(render.app_line(event["app"]), flush=True)
+                    for text in (event.get("last_lines") or [])[-5:]:
+                        print("    | " + text)
+                elif name == protocol.APP_EXITED and not event.get("expected"):
+                    code = event.get("exit_code")
+                    print(
+                        f"  ✗ app (pid {event.get('pid')}) exited by itself (status {code}); "
+                        "it starts again after the next successful build",
+                        flush=True,
+                    )
         except KeyboardInterrupt:
             return 0
     return 0
@@ -291,9 +325,35 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _app_logs(args: argparse.Namespace) -> int:
+    """The project's app output: its last lines, then (-f) what it prints from now on."""
+    path = _dir(args.dir)
+    with Connection.open() as conn:
+        if args.follow:
+            # Subscribed before the lines are read: nothing printed between them is missed.
+            conn.request(protocol.SUBSCRIBE, path=path)
+        reply = conn.request(protocol.APP_LOG, path=path, lines=args.lines)
+        for line in reply["lines"]:
+            print(line)
+        if not args.follow:
+            return 0
+        sys.stdout.flush()
+        try:
+            for event in conn.events():
+                if event is not None and event.get("event") == protocol.APP_OUTPUT:
+                    print("\n".join(event.get("lines") or []), flush=True)
+        except KeyboardInterrupt:
+            return 0
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from rbd.contract import paths
 
+    if args.app:
+        return _app_logs(args)
+    if args.dir is not None:
+        raise UsageError("rbd logs: a directory is only taken with --app")
     log_path = paths.log_path()
     if not args.follow:
         print(log_path)
@@ -361,6 +421,20 @@ def _parser() -> _Parser:
         "deps-opt, cranelift, or a combination (mold+line-tables-only); non-default ones "
         "build in target/rbd/NAME",
     )
+    p.add_argument(
+        "--run",
+        action="store_true",
+        help="run mode: start the built server after each successful build, replacing the "
+        "old one only then",
+    )
+    p.add_argument("--run-bin", metavar="NAME", help="run mode, with this bin (implies --run)")
+    p.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDR",
+        help="run mode: a loopback address rbd binds once and hands to every instance "
+        "(LISTEN_FDS), e.g. 127.0.0.1:3000; repeatable",
+    )
     p = add("stop", cmd_stop, "stop watching a project", json_flag=False)
     p.add_argument("dir", nargs="?")
     add("shutdown", cmd_shutdown, "stop the daemon", json_flag=False)
@@ -415,8 +489,16 @@ def _parser() -> _Parser:
     p.add_argument("--detach", action="store_true", help="start it and return (rbd tail)")
     p.add_argument("--cancel", action="store_true", help="cancel the running bench")
     p.add_argument("--foreground", action="store_true", help="run here, without the daemon")
-    p = add("logs", cmd_logs, "print the daemon's log path", json_flag=False)
+    p = add(
+        "logs",
+        cmd_logs,
+        "print the daemon's log path (-f: follow it); --app: the project's server output",
+        json_flag=False,
+    )
     p.add_argument("-f", "--follow", action="store_true", help="follow the log")
+    p.add_argument("--app", action="store_true", help="the output of the app run mode runs")
+    p.add_argument("dir", nargs="?", help="with --app: the project (default: the current dir)")
+    p.add_argument("--lines", type=int, default=200, help="with --app: how many last lines")
     p = add(
         "daemon",
         cmd_daemon,

@@ -8,7 +8,14 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
-    from rbd.contract.schema import BuildDetail, BuildSummary, Phases, StatusReply
+    from rbd.contract.schema import (
+        AppRun,
+        AppStatus,
+        BuildDetail,
+        BuildSummary,
+        Phases,
+        StatusReply,
+    )
 
 
 MARKS = {"success": "✓", "failure": "✗", "cancelled": "⊘", "interrupted": "⚠", "timeout": "⏱"}
@@ -78,6 +85,45 @@ def build_line(build: BuildSummary, with_project: bool = True, cause: str | None
     elif build.get("id") is not None:
         parts.append(f"← {NO_TRIGGER}")
     return "  ".join(parts)
+
+
+def app_line(app: AppRun) -> str:
+    """Run mode's restart in one line: what took how long, save -> serving first."""
+    name = app.get("bin") or "app"
+    if app.get("error"):
+        return f"  ↻ {name}: {app['error']}"
+    parts = []
+    if app.get("serving_s") is not None:
+        parts.append(f"save → serving {seconds(app['serving_s'])}")
+    if app.get("stop_s") is not None:
+        parts.append(f"old stopped in {seconds(app['stop_s'])}")
+    if app.get("ready_s") is not None:
+        parts.append(f"ready in {seconds(app['ready_s'])}")
+    elif app.get("ready_by") is None:
+        parts.append("readiness unknown (no listen, ready_url or ready_pattern)")
+    handover = "socket kept open" if app.get("handover") else "port closed while restarting"
+    return f"  ↻ {name} (pid {app.get('pid')}): " + ", ".join(parts) + f"; {handover}"
+
+
+def app_state(app: AppStatus) -> list[str]:
+    """The app lines of a project in `rbd status`."""
+    state = app["state"]
+    head = f"  app      {app.get('bin') or '?'}: {state}"
+    if app.get("pid") and state in ("starting", "ready", "running"):
+        head += f", pid {app['pid']}"
+    if app.get("build_id") is not None:
+        head += f", from build #{app['build_id']}"
+    if app.get("since"):
+        head += f", since {str(app['since'])[11:19]}"
+    if app.get("listen"):
+        head += f"; listening on {', '.join(app['listen'])} (held by rbd)"
+    lines = [head]
+    if app.get("error"):
+        lines.append(f"           {app['error']}")
+    for text in (app.get("last_lines") or [])[-5:]:
+        lines.append(f"           | {text}")
+    lines.append(f"           output: `rbd logs --app` ({app['log']})")
+    return lines
 
 
 def phase_split(phases: Phases) -> str:
@@ -150,6 +196,8 @@ def status(data: StatusReply) -> str:
             )
         last = project.get("last_build")
         lines.append("  last     " + (build_line(last, with_project=False) if last else "none yet"))
+        if app := project.get("app"):
+            lines += app_state(app)
         if project.get("problem"):
             lines.append(f"  problem  {project['problem']}")
         env = project.get("env") or {}
@@ -233,9 +281,13 @@ def history(builds: list[BuildSummary]) -> str:
     else:
         trends = trend(builds)
     project = f"{'project':{width}}  " if names else ""
+    # Run mode: save -> serving (the new server answering), when any build has it.
+    serving = any(b.get("app") for b in builds)
     header = (
         f"{'id':>6}  {'started':19}  {project}{'outcome':13} {'wall':>9} {'compile':>7}"
-        f" {'front':>6} {'codegen':>7} {'link':>6} {'other':>6}  {'err':>3} {'warn':>4}  trigger"
+        f" {'front':>6} {'codegen':>7} {'link':>6} {'other':>6}"
+        + (f" {'serving':>9}" if serving else "")
+        + f"  {'err':>3} {'warn':>4}  trigger"
     )
     lines = [*trends, ""] if trends else []
     lines.append(header)
@@ -251,7 +303,8 @@ def history(builds: list[BuildSummary]) -> str:
             f"{_short(p.get('frontend_s'))} "
             f"{_short(p.get('codegen_s')):>7}"
             f" {_short(p.get('link_s'))} {_short(p.get('other_s'))}"
-            f"  {b.get('errors') or 0:>3} {b.get('warnings') or 0:>4}"
+            + (f" {_serving(b.get('app')):>9}" if serving else "")
+            + f"  {b.get('errors') or 0:>3} {b.get('warnings') or 0:>4}"
             f"  {shown or f'({NO_TRIGGER})'}"
         )
     return "\n".join(lines)
@@ -271,6 +324,15 @@ def show(build: BuildDetail) -> str:
     ]
     if build.get("rustc_wrapper"):
         lines.append(f"  wrapper   {build['rustc_wrapper']} (your RUSTC_WRAPPER, run by rbd's)")
+    if app := build.get("app"):
+        lines.append(
+            f"  app       {app.get('bin')} pid {app.get('pid')}: stop {seconds(app.get('stop_s'))}"
+            f" (replaced exit {app.get('replaced_exit')}), ready {seconds(app.get('ready_s'))}"
+            f" by {app.get('ready_by') or 'unknown'},"
+            f" save → serving {seconds(app.get('serving_s'))}"
+        )
+        if app.get("error"):
+            lines.append(f"            {app['error']}")
     phases = build.get("phases") or {}
     lines += ["", "  phase          seconds   (critical-path rule: parts add up to the wall time)"]
     for key, note in PHASE_NOTES.items():
@@ -309,6 +371,14 @@ def show(build: BuildDetail) -> str:
         lines.append("")
         lines.append(first_error)
     return "\n".join(lines)
+
+
+def _serving(app: AppRun | None) -> str:
+    if not app:
+        return "–"
+    if app.get("error"):
+        return "failed"
+    return seconds(app.get("serving_s")) if app.get("serving_s") is not None else "–"
 
 
 def _reason(text: str | None) -> str:
