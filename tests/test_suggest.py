@@ -251,3 +251,44 @@ def test_ranked_by_expected_saving() -> None:
     for item in found:
         assert set(item) >= {"id", "title", "evidence", "change", "expected", "tradeoffs"}
         assert item["expected"]["source"] in ("measured", "estimate")
+
+
+def restarted(
+    build_id: int, ready_s: float, serving_s: float, handover: bool = True
+) -> dict[str, Any]:
+    made = build(build_id)
+    made["app"] = {
+        "pid": 100 + build_id,
+        "bin": "web",
+        "stop_s": 0.01,
+        "ready_s": ready_s,
+        "serving_s": serving_s,
+        "replaced_exit": -15,
+        "handover": handover,
+        "ready_by": "url",
+        "error": None,
+    }
+    return made
+
+
+def test_app_start_fires_on_a_slow_start_that_is_much_of_save_to_serving() -> None:
+    slow = [restarted(i, 0.9, 1.6) for i in range(1, 5)]
+    found = {s["id"]: s for s in rules.suggest(rules.Context(environment(), slow))[0]}
+    assert "app-start" in found
+    assert found["app-start"]["expected"]["saves_s"] == pytest.approx(0.45)
+    quick = [restarted(i, 0.01, 1.0) for i in range(1, 5)]
+    assert "app-start" not in ids(rules.Context(environment(), quick))
+    # Fewer than three measured restarts: no finding.
+    assert "app-start" not in ids(rules.Context(environment(), slow[:2]))
+
+
+def test_listen_handover_fires_only_for_restarts_that_closed_the_port() -> None:
+    plain = [restarted(i, 0.05, 0.5, handover=False) for i in range(1, 5)]
+    found = {s["id"]: s for s in rules.suggest(rules.Context(environment(), plain))[0]}
+    assert "listen-handover" in found
+    assert (
+        "60 ms" in found["listen-handover"]["evidence"]
+        or "0.06 s" in found["listen-handover"]["evidence"]
+    )
+    held = [restarted(i, 0.05, 0.5) for i in range(1, 5)]
+    assert "listen-handover" not in ids(rules.Context(environment(), held))

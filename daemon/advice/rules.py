@@ -525,6 +525,72 @@ def deps_opt_level(ctx: Context) -> Suggestion | None:
     )
 
 
+# A server start at least this long, and this share of save -> serving, is a finding.
+SLOW_START_S = 0.2
+SLOW_START_SHARE = 0.25
+
+
+def _restarts(ctx: Context) -> list[Mapping[str, Any]]:
+    """Run mode's measured restarts after incremental rebuilds (a build summary's `app`)."""
+    return [
+        app
+        for b in ctx.incremental
+        if (app := b.get("app")) and not app.get("error") and app.get("ready_s") is not None
+    ]
+
+
+def app_start(ctx: Context) -> Suggestion | None:
+    restarts = _restarts(ctx)
+    if len(restarts) < MIN_BUILDS:
+        return None
+    start = statistics.median(float(a["ready_s"]) for a in restarts)
+    serving = [float(a["serving_s"]) for a in restarts if a.get("serving_s") is not None]
+    whole = statistics.median(serving) if serving else None
+    if start < SLOW_START_S or (whole and start < SLOW_START_SHARE * whole):
+        return None
+    of_whole = f" of the median {secs(whole)} from save to serving" if whole else ""
+    return suggestion(
+        "app-start",
+        "Make your server start faster: it is part of every save",
+        f"your server took a median {secs(start)} from its start to answering over the last "
+        f"{len(restarts)} restarts{of_whole}",
+        {
+            "file": "src/main.rs",
+            "manual": "defer what the first request does not need (migrations, cache warm-up, "
+            "eager connection pools) until after the listener accepts, or do it once in dev",
+        },
+        start / 2,
+        "half of the measured start, the part deferred",
+        "the first request may be slower; startup errors surface later",
+    )
+
+
+def listen_handover(ctx: Context) -> Suggestion | None:
+    restarts = [app for b in ctx.incremental if (app := b.get("app")) and not app.get("handover")]
+    if len(restarts) < MIN_BUILDS:
+        return None
+    down = [
+        float(a.get("stop_s") or 0.0) + float(a["ready_s"])
+        for a in restarts
+        if a.get("ready_s") is not None
+    ]
+    downtime = f"; it was down a median {secs(statistics.median(down))} per save" if down else ""
+    return suggestion(
+        "listen-handover",
+        "Let rbd hold the port: no refused request while the server restarts",
+        f"run mode restarted your server {len(restarts)} times without `listen`, so its port "
+        f"closed each time{downtime}",
+        {
+            "file": "rbd.toml",
+            "manual": 'listen = ["127.0.0.1:PORT"], and take the socket with the listenfd crate '
+            "(README, Run mode)",
+        },
+        0.0,
+        "no time per save; refused connections (and a browser's failed reload) go away",
+        "a few lines in main.rs to take the socket (listenfd falls back to binding)",
+    )
+
+
 RULES: tuple[Callable[[Context], Suggestion | None], ...] = (
     debuginfo_line_tables,
     deps_no_debuginfo,
@@ -541,6 +607,8 @@ RULES: tuple[Callable[[Context], Suggestion | None], ...] = (
     split_crate,
     sccache,
     cargo_check_loop,
+    app_start,
+    listen_handover,
 )
 
 
