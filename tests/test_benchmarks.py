@@ -30,6 +30,7 @@ FAST = [
     ("benchmarks.footprint", "run"),
     ("benchmarks.store_bench", "run"),
     ("benchmarks.scaling", "run"),
+    ("benchmarks.serve_loop", "run"),
 ]
 
 
