@@ -115,6 +115,8 @@ class _Running:
     since: str = field(default_factory=now_iso)
     error: str | None = None
     supervised: anyio.Event = field(default_factory=anyio.Event)
+    # Shields the supervision from the runner's cancellation (see AppRunner.run).
+    scope: anyio.CancelScope = field(default_factory=lambda: anyio.CancelScope(shield=True))
 
 
 class AppRunner:
@@ -200,21 +202,32 @@ class AppRunner:
 
     async def run(self) -> None:
         """The project's run-mode task: until cancelled (project stopped, daemon shutting
-        down), when the running instance is stopped, shielded."""
+        down), when the running instance is stopped, shielded.
+
+        Each instance's supervision is shielded from that cancellation: it must see the
+        instance's end (to wait for its exit status, so no zombie is left, and announce
+        `app_exited`) after the stop below, not be cut off before it."""
         try:
             async with anyio.create_task_group() as tg:
-                while True:
-                    await self._wake.wait()
-                    self._wake = anyio.Event()
-                    if self.settings is None:
+                try:
+                    while True:
+                        await self._wake.wait()
+                        self._wake = anyio.Event()
+                        if self.settings is None:
+                            await self._stop_running()
+                            continue
+                        wanted, self._wanted = self._wanted, None
+                        if wanted is not None:
+                            await self._replace(tg, wanted, self.settings)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        running = self._running
                         await self._stop_running()
-                        continue
-                    wanted, self._wanted = self._wanted, None
-                    if wanted is not None:
-                        await self._replace(tg, wanted, self.settings)
+                        if running is not None and not running.supervised.is_set():
+                            # Killed, yet not seen to end: end its supervision regardless.
+                            running.scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                await self._stop_running()
                 if self.listeners is not None:
                     self.listeners.close()
                     self.listeners = None
@@ -362,6 +375,9 @@ class AppRunner:
             await self._record(wanted.build_id, app)
             return
         if outcome == "exited":
+            # Its last lines and exit status are read by its supervision first.
+            with anyio.move_on_after(1.0):
+                await current.supervised.wait()
             code = instance.returncode
             error = f"exited before it was ready ({_describe(code)})"
         elif outcome == "superseded":
@@ -381,7 +397,8 @@ class AppRunner:
         app["error"] = error
         log.warning("app_failed", root=self.project, build_id=wanted.build_id, error=error)
         last = self.output.last(REPORT_LINES)
-        if self._running is None:
+        ended = self._ended
+        if self._running is None and (ended is None or ended["build_id"] != wanted.build_id):
             self._ended = {
                 "state": "failed",
                 "pid": app["pid"],
@@ -419,6 +436,10 @@ class AppRunner:
         self.hub.publish(event)
 
     async def _supervise(self, running: _Running) -> None:
+        with running.scope:
+            await self._watch(running)
+
+    async def _watch(self, running: _Running) -> None:
         instance = running.instance
         try:
             await instance.supervise()
