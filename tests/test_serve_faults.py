@@ -126,7 +126,11 @@ def test_an_app_that_exits_at_once_is_recorded_not_restarted(rbd: Rbd, tmp_path:
         tmp_path / "quitter",
         "quitter",
         {
-            "src/main.rs": 'fn main() {\n    println!("starting");\n'
+            # Its child inherits the output pipe and outlives it: the crash must still be
+            # seen when the app exits (not when the pipe closes), and the child killed.
+            "src/main.rs": "fn main() {\n"
+            '    let child = std::process::Command::new("sleep").arg("300").spawn().unwrap();\n'
+            '    println!("starting child={}", child.id());\n'
             '    eprintln!("fatal: boom");\n    std::process::exit(3);\n}\n'
         },
     )
@@ -139,7 +143,10 @@ def test_an_app_that_exits_at_once_is_recorded_not_restarted(rbd: Rbd, tmp_path:
     exited = expect(events, is_app(APP_EXITED, pid=one["pid"]))
     assert exited["exit_code"] == 3 and exited["signal"] is None
     assert exited["expected"] is False
-    assert "fatal: boom" in exited["last_lines"] and "starting" in exited["last_lines"]
+    assert "fatal: boom" in exited["last_lines"]
+    (line,) = [text for text in exited["last_lines"] if text.startswith("starting child=")]
+    child = int(line.removeprefix("starting child="))
+    wait_until(lambda: not alive(child), "the crashed app's child killed")
     failed = expect(events, is_app(APP_FAILED, build_id=first["id"]))
     assert failed["pid"] == one["pid"] and "3" in failed["app"]["error"]
     assert "fatal: boom" in failed["last_lines"]

@@ -147,8 +147,11 @@ class Instance:
         began = time.monotonic()
         self.stopping = True
         with anyio.CancelScope(shield=True):
-            targets = await anyio.to_thread.run_sync(self.processes)
-            _signal_all(targets | {self.pid}, signal.SIGTERM, self.pid)
+            # The group at once; then what left it (found by its marker: a scan of every
+            # process's environment, some milliseconds, while the group already stops).
+            _signal_all(set(), signal.SIGTERM, self.pid)
+            escaped = await anyio.to_thread.run_sync(self.processes)
+            _signal_all(escaped, signal.SIGTERM, self.pid)
             left = True
             with anyio.move_on_after(timeout_s):
                 await self.exited.wait()

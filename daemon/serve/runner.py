@@ -442,12 +442,16 @@ class AppRunner:
     async def _watch(self, running: _Running) -> None:
         instance = running.instance
         try:
-            await instance.supervise()
-            expected = instance.stopping
-            if not expected:
-                # Exited by itself: what it started must not outlive it either.
-                with anyio.CancelScope(shield=True):
-                    await instance.stop(0.0)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(instance.supervise)
+                # Its exit, not the end of its output: a child still holding the pipe must
+                # not hide a crash until the next restart.
+                await instance.exited.wait()
+                expected = instance.stopping
+                if not expected:
+                    # Exited by itself: what it started must not outlive it either.
+                    with anyio.CancelScope(shield=True):
+                        await instance.stop(0.0)
             code = instance.returncode
             last = self.output.last(REPORT_LINES)
             event: AppExited = {
