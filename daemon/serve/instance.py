@@ -147,19 +147,22 @@ class Instance:
         began = time.monotonic()
         self.stopping = True
         with anyio.CancelScope(shield=True):
-            # The group at once; then what left it (found by its marker: a scan of every
-            # process's environment, some milliseconds, while the group already stops).
+            # The group at once. What left it is found by its marker (a scan of every
+            # process's environment, some milliseconds) once the leader is gone, and
+            # signalled then: one scan when nothing escaped, the usual case.
             _signal_all(set(), signal.SIGTERM, self.pid)
-            escaped = await anyio.to_thread.run_sync(self.processes)
-            _signal_all(escaped, signal.SIGTERM, self.pid)
             left = True
             with anyio.move_on_after(timeout_s):
                 await self.exited.wait()
                 # Its children may take their time too; all share the one deadline.
                 delay = 0.002
-                while left := bool(await anyio.to_thread.run_sync(self.processes)):
+                signalled: set[int] = set()
+                while pids := await anyio.to_thread.run_sync(self.processes):
+                    _signal_all(pids - signalled, signal.SIGTERM, self.pid)
+                    signalled |= pids
                     await anyio.sleep(delay)
                     delay = min(delay * 2, 0.05)
+                left = False
             # What ignored SIGTERM past the deadline (or a stop with none given) is killed.
             if left and not await procs.kill_build_and_wait(self.marker, self.pid):
                 log.error("app_survived_kill", pid=self.pid)

@@ -118,7 +118,12 @@ def _content_length(head: bytes) -> int | None:
     return None
 
 
-def _listening_inodes() -> set[str]:
+def _listening_inodes(all_lines: bool) -> set[str]:
+    """Inodes of the TCP sockets in LISTEN state. Linux lists listening sockets before
+    the others (its listening hash first): unless all_lines, reading stops at the first
+    socket in another state, so thousands of TIME_WAIT lines (a client hammering the
+    server) are not read at every poll; a full read now and then covers a kernel that
+    orders them otherwise."""
     inodes: set[str] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -128,6 +133,8 @@ def _listening_inodes() -> set[str]:
                     fields = line.split()
                     if len(fields) > 9 and fields[3] == _LISTEN_STATE:
                         inodes.add(fields[9])
+                    elif not all_lines:
+                        break
         except OSError:
             continue
     return inodes
@@ -151,14 +158,15 @@ def _sockets_of(pid: int) -> set[str]:
 
 
 def listens(pgid: int, whole_tree: bool) -> bool:
-    """Whether the app's leader (whole_tree: any process of its group, or a descendant)
-    has a listening TCP socket. The leader alone costs one directory of fds; the tree
-    costs a scan of every process's stat, so it is looked at less often."""
+    """Whether the app's leader (whole_tree: any process of its group, or a descendant,
+    and every line of the socket tables) has a listening TCP socket. The leader alone
+    costs one directory of fds; the tree a scan of every process's stat, so it is looked
+    at less often."""
     pids = procs.group_tree(pgid) if whole_tree else {pgid}
     sockets: set[str] = set()
     for pid in pids:
         sockets |= _sockets_of(pid)
-    return bool(sockets) and not sockets.isdisjoint(_listening_inodes())
+    return bool(sockets) and not sockets.isdisjoint(_listening_inodes(whole_tree))
 
 
 async def wait(readiness: Readiness, pgid: int, matched: anyio.Event) -> None:
