@@ -101,6 +101,8 @@ class _Wanted:
     executables: dict[str, str]
     # Monotonic time of the first change that led to the build (None: no save).
     first_seen: float | None
+    # Set once the old instance is stopped and the new one spawned (or nothing will be).
+    handled: anyio.Event = field(default_factory=anyio.Event)
 
 
 @dataclass
@@ -162,13 +164,17 @@ class AppRunner:
         build_id: int | None,
         executables: dict[str, str],
         first_seen: float | None,
-    ) -> None:
+    ) -> anyio.Event | None:
         """A build succeeded: replace the app with what it made (a newer want replaces
-        one not yet acted on)."""
+        one not yet acted on). Returns an event set once the old instance is stopped
+        and the new one spawned, or once nothing will be (None: run mode is off)."""
         if self.settings is None:
-            return
+            return None
+        if self._wanted is not None:
+            self._wanted.handled.set()
         self._wanted = _Wanted(build_id, executables, first_seen)
         self._wake.set()
+        return self._wanted.handled
 
     def status(self) -> AppStatus | None:
         if self.settings is None:
@@ -214,11 +220,17 @@ class AppRunner:
                         await self._wake.wait()
                         self._wake = anyio.Event()
                         if self.settings is None:
+                            if self._wanted is not None:
+                                self._wanted.handled.set()
+                                self._wanted = None
                             await self._stop_running()
                             continue
                         wanted, self._wanted = self._wanted, None
                         if wanted is not None:
-                            await self._replace(tg, wanted, self.settings)
+                            try:
+                                await self._replace(tg, wanted, self.settings)
+                            finally:
+                                wanted.handled.set()
                 finally:
                     with anyio.CancelScope(shield=True):
                         running = self._running
@@ -320,6 +332,7 @@ class AppRunner:
             "handover": bool(fds),
         }
         self.hub.publish(started)
+        wanted.handled.set()
         log.info("app_started", root=self.project, pid=instance.pid, bin=name)
         await self._await_ready(current, wanted, settings, app)
 
