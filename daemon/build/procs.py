@@ -15,6 +15,9 @@ double fork); three more ties find it (Linux, through /proc):
   is killed at shutdown even if it cleared its environment. Adopted processes
   are reaped by the daemon (`reap_orphans`): nobody else waits for them.
 
+Run mode's app (daemon.serve.instance) is started the same way, in a session of its
+own and with a marker of its own, so all of this finds its processes too.
+
 Where there is no /proc or no prctl (macOS), only the group is killed and that
 is logged once at start: a process that left the group can survive.
 

@@ -29,8 +29,9 @@ from rbd.daemon.build import procs
 POLL_FIRST_S = 0.001
 POLL_MAX_S = 0.01
 # Without listen: every this many polls, the app's whole process tree is looked at (a
-# server whose listening socket is its child's); the leader alone at every poll, in
-# the event loop (a /proc directory and two small files: well under a millisecond).
+# server whose listening socket is its child's), in a worker thread (a scan of every
+# process); the leader alone at every poll, in the event loop (a /proc directory and
+# the listening head of two small files: well under a millisecond).
 TREE_EVERY = 5
 # One GET may wait this long for its answer before it is tried again.
 HTTP_ATTEMPT_S = 5.0
@@ -182,7 +183,10 @@ async def wait(readiness: Readiness, pgid: int, matched: anyio.Event) -> None:
             assert readiness.url is not None
             if await http_answers(readiness.url):
                 return
-        elif listens(pgid, whole_tree=polls % TREE_EVERY == TREE_EVERY - 1):
+        elif polls % TREE_EVERY == TREE_EVERY - 1:
+            if await anyio.to_thread.run_sync(listens, pgid, True):
+                return
+        elif listens(pgid, whole_tree=False):
             return
         polls += 1
         await anyio.sleep(delay)
