@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.daemon_loop import Row, report  # noqa: E402
 from rbd.contract import paths  # noqa: E402
 from rbd.daemon.build.builder import Build  # noqa: E402
+from rbd.daemon.build.report import cargo_version  # noqa: E402
 from rbd.daemon.build.shim import Shim, Shims  # noqa: E402
-from rbd.daemon.build.timings import cargo_version  # noqa: E402
 from rbd.daemon.projects.settings import ProjectConfig  # noqa: E402
 
 HANDLERS = Path("src") / "handlers.rs"

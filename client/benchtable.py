@@ -16,7 +16,19 @@ MODE_TITLES = {
     "clean": "clean build (cargo clean first)",
     "incremental": "incremental rebuild after an edit of {file} ({kind})",
 }
-COLUMNS = ("config", "mean", "σ", "min", "median", "Δ median", "Δ%", "compile", "link", "")
+COLUMNS = (
+    "config",
+    "mean",
+    "σ",
+    "min",
+    "median",
+    "Δ median",
+    "Δ%",
+    "queued",
+    "compile",
+    "link",
+    "",
+)
 
 
 def table(report: Mapping[str, Any]) -> str:
@@ -40,7 +52,10 @@ def table(report: Mapping[str, Any]) -> str:
     noisy = [r for r in report["results"] if r.get("noisy")]
     if noisy:
         lines += ["", "~ noisy: σ above 10% of the mean; more --runs or a quieter machine help"]
-    lines.append("compile = frontend + codegen of the median run's critical path; link measured")
+    lines.append(
+        "queued, compile, link: the median run's critical path (queued: units ready,"
+        " waiting for a core; compile = frontend + codegen); link measured"
+    )
     return "\n".join(lines)
 
 
@@ -58,6 +73,7 @@ def _cells(row: BenchResult) -> list[str]:
         seconds(row["median_s"]),
         _signed(row["delta_s"]),
         _pct(row["delta_pct"]),
+        seconds(phases.get("queue_s")),
         _split(phases),
         seconds(phases.get("link_s")),
         "~ noisy" if row.get("noisy") else "",

@@ -221,3 +221,60 @@ def test_a_users_rustc_wrapper_still_runs_and_is_reported(rbd: Rbd, tmp_path: Pa
     assert "--crate-name wrapped" in calls.read_text()
     assert build["phases"]["link_s"] > 0  # rbd's own wrapper ran too
     assert str(wrapper) in rbd.ok("show", str(build["id"]))
+
+
+def test_build_kinds_a_failed_unit_and_a_bin_rebuilt_for_its_lib(rbd: Rbd, tmp_path: Path) -> None:
+    """full, then edit; a dependency outside the workspace makes a deps build; a unit
+    that fails is counted and timed; a package's bin says it rebuilt because its lib did."""
+    ext = make_crate(tmp_path / "ext", "ext", {"src/lib.rs": "pub fn e() -> u32 { 1 }\n"})
+    (ext / "src" / "main.rs").unlink()
+    # Stays fresh when `ext` changes: that build is a deps build, not a full one.
+    other = make_crate(tmp_path / "other", "other", {"src/lib.rs": "pub fn o() {}\n"})
+    (other / "src" / "main.rs").unlink()
+    crate = make_crate(
+        tmp_path / "p",
+        "p",
+        {
+            "Cargo.toml": '[package]\nname = "p"\nversion = "0.1.0"\nedition = "2021"\n\n'
+            '[dependencies]\next = { path = "../ext" }\nother = { path = "../other" }\n',
+            "src/lib.rs": "pub fn f() -> u32 { ext::e() }\n",
+            "src/main.rs": 'fn main() { println!("{}", p::f()); }\n',
+        },
+    )
+    events = started(rbd, crate)
+    first = events.finished()
+    assert (first["outcome"], first["kind"]) == ("success", "full")
+    assert first["units_fresh"] == 0 and first["units_rebuilt"] == 4
+    phases = first["phases"]
+    assert phases["queue_s"] is not None
+    total = sum(v or 0.0 for k, v in phases.items() if k not in ("frontend_s", "codegen_s"))
+    assert total == pytest.approx(first["wall_s"], abs=0.02)
+    explain = show(rbd, first["id"])["explain"]
+    assert isinstance(explain, dict)
+    assert explain["jobs"] and explain["units_s"] > 0 and len(explain["top_units"]) == 4
+
+    (crate / "src" / "lib.rs").write_text("pub fn f() -> u32 { ext::e() + 1 }\n")
+    edit = events.finished()
+    assert (edit["kind"], edit["units_rebuilt"]) == ("edit", 2)
+    units = show(rbd, edit["id"])["units"]
+    assert isinstance(units, list)
+    reasons = {u["kind"]: u["dirty_reason"] for u in units}
+    assert "src/lib.rs" in reasons["lib"]
+    assert reasons["bin"] == "rebuilt because `p` (lib) was"
+
+    (ext / "src" / "lib.rs").write_text("pub fn e() -> u32 { 2 }\n")
+    deps = events.finished()
+    assert deps["kind"] == "deps" and deps["units_rebuilt"] == 3
+
+    (crate / "src" / "lib.rs").write_text('pub fn f() -> u32 { "no" }\n')
+    failed = events.finished()
+    assert (failed["outcome"], failed["kind"], failed["units_rebuilt"]) == ("failure", "edit", 1), (
+        show(rbd, failed["id"])["units"]
+    )
+    assert failed["phases"]["compile_s"] > 0
+    units = show(rbd, failed["id"])["units"]
+    assert isinstance(units, list)
+    assert [(u["name"], u["kind"], u["failed"]) for u in units] == [("p", "lib", True)]
+    assert units[0]["total_s"] > 0 and units[0]["critical_path"]
+    rendered = rbd.ok("show", str(failed["id"]))
+    assert "1 rebuilt (1 failed)" in rendered

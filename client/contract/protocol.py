@@ -101,12 +101,16 @@ INTERNAL: Final = "internal"
 
 # Build outcomes and project states.
 OUTCOMES = ("success", "failure", "cancelled", "interrupted", "timeout")
+# What a build rebuilt (see rbd.daemon.build.kinds): only workspace members (edit),
+# dependencies too (deps), everything (full), nothing (noop).
+BUILD_KINDS = ("edit", "deps", "full", "noop")
 STATES = ("idle", "settling", "waiting", "building", "paused", "gone")
 
 # The phase keys of a build summary, in display order. A phase rbd could not
 # measure is null, never estimated.
 PHASE_KEYS = (
     "overhead_s",
+    "queue_s",
     "compile_s",
     "frontend_s",
     "codegen_s",

@@ -238,10 +238,15 @@ ErrorCode = Literal[
 ]
 
 
+BuildKind = Literal["edit", "deps", "full", "noop"]
+
+
 class Phases(TypedDict):
     """Where a build's wall time went (protocol.PHASE_KEYS); null where not measured."""
 
     overhead_s: float | None
+    # Units on the critical path were ready but every job slot (core) was taken.
+    queue_s: float | None
     compile_s: float | None
     frontend_s: float | None
     codegen_s: float | None
@@ -313,6 +318,8 @@ class BuildSummary(TypedDict):
     phases: Phases
     # Run mode's restart after this build; null when run mode is off or none was tried.
     app: AppRun | None
+    # What it rebuilt (protocol.BUILD_KINDS); null when unknown (cancelled, older rbd).
+    kind: BuildKind | None
 
 
 class Unit(TypedDict):
@@ -331,6 +338,60 @@ class Unit(TypedDict):
     total_s: float | None
     dirty_reason: str | None
     critical_path: bool
+    # When its last dependency let it start (seconds from cargo's spawn); null: unknown.
+    ready_s: float | None
+    # From ready to start while every job slot was taken; null: unknown.
+    queue_s: float | None
+    # Its seconds on the critical path (up to where it unblocked the next unit); null: off it.
+    path_s: float | None
+    # cargo ran it and it failed (it has no artifact; timed from cargo's output).
+    failed: bool
+
+
+class UnitShare(TypedDict):
+    """A unit and seconds of it (`explain`'s top lists)."""
+
+    name: str
+    target: str
+    kind: str
+    seconds: float
+
+
+class Explain(TypedDict):
+    """Where a build's cores went, from cargo's timings report (`show` prints it)."""
+
+    # cargo's job slots (-j) and the machine's cores, as cargo reported them.
+    jobs: int | None
+    ncpu: int | None
+    # From the first unit's start to the last one's end (cargo's clock).
+    span_s: float | None
+    # Average units running / jobs over the span, and the seconds every slot was taken.
+    busy: float | None
+    saturated_s: float | None
+    # Sum of the units' own times (rustc and build-script processes).
+    units_s: float
+    # Of units_s: proc-macro crates compiled, build scripts compiled and run.
+    proc_macro_s: float
+    build_script_s: float
+    # The units taking longest, and the units longest on the critical path.
+    top_units: list[UnitShare]
+    top_path: list[UnitShare]
+
+
+class Conditions(TypedDict):
+    """What a build ran with, compared between builds to say why one got slower."""
+
+    rustc: str | None
+    cargo: str | None
+    # sha256 (16 hex) of Cargo.lock; null: no lockfile.
+    lock_digest: str | None
+    # The effective profile's settings (Cargo.toml and .cargo/config.toml merged).
+    profile: dict[str, Any]
+    rustflags: str | None
+    # The tune applied when it ran (rbd tune apply's id); null: none.
+    tune: int | None
+    # rbd's settings that change what cargo runs (command, config, args...).
+    settings: dict[str, Any]
 
 
 class BuildDetail(BuildSummary):
@@ -339,6 +400,10 @@ class BuildDetail(BuildSummary):
     first_error: str | None
     diagnostics: str
     units: list[Unit]
+    # Null when cargo's report was not read (cancelled, no report).
+    explain: Explain | None
+    # Null for builds recorded before rbd kept them.
+    conditions: Conditions | None
 
 
 class BuildCounts(TypedDict):
@@ -497,9 +562,57 @@ class ShutdownReply(TypedDict):
     pid: int
 
 
+class StepChange(TypedDict):
+    """One thing that changed between the builds either side of a step."""
+
+    # lockfile, rustc, cargo, profile, rustflags, tune, settings; `edits` when nothing
+    # recorded changed but the saves edited other files; `unrecorded` when one side's
+    # conditions were not recorded (an older rbd).
+    what: str
+    # "Cargo.lock changed — `sqlx-macros` added"
+    text: str
+
+
+class Step(TypedDict):
+    """A step change in a project's median edit rebuild (daemon.advice.steps)."""
+
+    # The first edit rebuild at the new level ("since #412"), and the last one before it.
+    build_id: int
+    started_at: str
+    before_id: int
+    # Median edit rebuild wall time either side, and over how many builds each.
+    before_s: float
+    after_s: float
+    before_builds: int
+    after_builds: int
+    # Empty: nothing rbd records changed (the code itself, or the machine).
+    changes: list[StepChange]
+
+
+class Trend(TypedDict):
+    """A project's edit rebuilds: the headline median, and the step changes found."""
+
+    project: str
+    # Median wall time of the last (at most 20) successful edit rebuilds, whatever
+    # `history --limit` lists; null when there are none.
+    median_s: float | None
+    # Their wall times, oldest first (the sparkline), and how many of them were recorded
+    # without a kind (by an older rbd: successful builds a change triggered).
+    walls_s: list[float]
+    unknown_kind: int
+    # Edit rebuilds searched for steps, and the steps found, newest first.
+    searched: int
+    steps: list[Step]
+
+
 class HistoryReply(TypedDict):
     project: str | None
     builds: list[BuildSummary]
+    # The project's trend (its edit rebuilds' median and step changes); null with `all`.
+    trend: NotRequired[Trend | None]
+    # The trend of each project of the builds listed (with `all`; else the project's),
+    # keyed by project root: `history` prints one per project.
+    trends: NotRequired[dict[str, Trend]]
 
 
 class ShowReply(TypedDict):

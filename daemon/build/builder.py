@@ -28,7 +28,7 @@ from anyio.abc import ByteReceiveStream
 
 from rbd.contract import protocol
 from rbd.contract.schema import BuildCounts
-from rbd.daemon.build import linker, procs, rootguard, sccache, timings
+from rbd.daemon.build import kinds, linker, procs, rootguard, sccache, timings
 from rbd.daemon.build.records import BuildResult, UnitRecord
 from rbd.daemon.build.shim import Shim, read_links
 
@@ -39,10 +39,20 @@ COMPILING = re.compile(r"^\s*Compiling (\S+) v")
 # With -v: why cargo rebuilds a package, and each process it runs.
 DIRTY = re.compile(r"^\s*Dirty (\S+) v\S+(?: \([^)]*\))?: (.*)$")
 RUNNING = re.compile(r"^\s*Running `")
+# What a `Running` line runs: rustc with `--crate-name X ... --crate-type T`, or a
+# build script (target/<profile>/build/<package>-<hash>/build-script-build).
+CRATE = re.compile(r"--crate-name (\S+)")
+CRATE_TYPE = re.compile(r"--crate-type (\S+)")
+SCRIPT_RUN = re.compile(r"/build/([^/\s`]+)-[0-9a-f]{16}/build-script-build")
+# cargo's line for a unit that failed: `could not compile `p` (lib)`, `(bin "x")`, `(lib
+# test)`; a build script run that failed.
+COULD_NOT = re.compile(r'^error: could not compile `([^`]+)` \((\w[\w-]*)(?: "([^"]+)")?')
+SCRIPT_FAILED = re.compile(r"^error: failed to run custom build command for `(\S+) v")
 LOCK_WAIT = re.compile(r"^\s*Blocking waiting for file lock")
 REPORT = re.compile(r"^\s*Timing report saved to (.+?)\s*$")
 # File timestamps may be coarser than the clock (some filesystems keep 1 ms or worse).
 MTIME_SLACK_NS = 5_000_000
+LIBRARY_KINDS = ("lib", "rlib", "proc-macro", "dylib", "cdylib", "staticlib")
 LINKED_SUFFIXES = (".rmeta", ".rlib", ".d", ".a", ".lib")
 MAX_STDERR_KEEP = 200
 # How long a successful build's analysis waits for run mode's restart to get going.
@@ -82,6 +92,7 @@ class Build:
         on_success: Callable[[Build], anyio.Event | None] | None = None,
         shim: Shim | None = None,
         user_wrapper: str | None = None,
+        members: frozenset[str] | None = None,
     ) -> None:
         self.argv = argv
         self.cwd = cwd
@@ -107,6 +118,10 @@ class Build:
         self.spawned_wall_ns = 0
         # (start, end) mtimes, in ns, of each build script run of this build.
         self._script_runs: list[tuple[int, int]] = []
+        # Build scripts cargo said it runs (`Running` line) and has not reported done:
+        # package -> wall clock (ns) then. What they write before cargo reports them is
+        # theirs too (seen under load: a script's write judged before its report came).
+        self._scripts_running: dict[str, int] = {}
         self._stderr: list[str] = []
         self.cargo_version = cargo_version
         # Called as soon as cargo runs, before any of its output is read.
@@ -116,6 +131,13 @@ class Build:
         # it may return is awaited (at most HOLD_FOR_RESTART_S) before them.
         self._on_success = on_success
         self._dirty: dict[str, str] = {}
+        # The workspace members' package names (what an edit rebuild rebuilds).
+        self._members = members
+        # Units cargo started, by (crate name or package, crate type), with when rbd saw
+        # them start; the ones that failed; the kind each artifact gave.
+        self._running: dict[tuple[str, str], float] = {}
+        self._failed: list[timings.FailedUnit] = []
+        self._artifact_kinds: dict[tuple[str, str], str] = {}
         self._first_unit: float | None = None
         self._lock_since: float | None = None
         self._lock_wait = 0.0
@@ -154,8 +176,10 @@ class Build:
         self.result.wall_s = time.monotonic() - self.spawned_at
         return self.result
 
-    def owns_write(self, relative: str) -> bool:
-        """Whether the current content of a changed file was written by this build.
+    def owns_write(self, relative: str) -> bool | None:
+        """Whether the current content of a changed file was written by this build; None
+        while a build script that may have written it runs (the scheduler then waits a
+        little for cargo to report it).
 
         cargo writes Cargo.lock while resolving. A build script runs between
         cargo's `invoked.timestamp` (touched just before the script starts,
@@ -170,10 +194,15 @@ class Build:
             return False
         if Path(relative).name == "Cargo.lock":
             return mtime >= self.spawned_wall_ns - MTIME_SLACK_NS
-        return any(
+        if any(
             start - MTIME_SLACK_NS <= mtime <= end + MTIME_SLACK_NS
             for start, end in self._script_runs
-        )
+        ):
+            return True
+        if any(mtime >= start - MTIME_SLACK_NS for start in self._scripts_running.values()):
+            # A script still running may have written it: told once cargo reports it.
+            return None
+        return False
 
     async def run(self) -> BuildResult:
         env = self.env
@@ -280,16 +309,20 @@ class Build:
 
     def _analyze(self) -> None:
         """After cargo exited: the timings report, and which linker linked."""
-        first_unit = None if self._first_unit is None else self._first_unit - self.spawned_at
-        links = None if self._timing_dir is None else read_links(self._timing_dir)
-        timings.apply_report(
-            self.result,
-            self._report,
-            self.cargo_version,
-            self._dirty,
-            first_unit,
-            self._lock_wait,
-            links,
+        result = self.result
+        observed = timings.Observed(
+            wall_s=result.wall_s,
+            spawned_wall_ns=self.spawned_wall_ns,
+            first_unit_s=None if self._first_unit is None else self._first_unit - self.spawned_at,
+            lock_wait_s=self._lock_wait,
+            dirty=self._dirty,
+            links=None if self._timing_dir is None else read_links(self._timing_dir),
+            failed=self._failed,
+            artifact_kinds=self._artifact_kinds,
+        )
+        timings.apply_report(result, self._report, self.cargo_version, observed)
+        result.kind = kinds.classify(
+            result.outcome, result.units, result.units_fresh, self._members
         )
         for executable in reversed(self._executables):
             found = linker.identify(executable)
@@ -331,13 +364,56 @@ class Build:
         elif RUNNING.match(line):
             if self._first_unit is None:
                 self._first_unit = now
+            self._on_running(line, now)
             return  # full command lines: long, and not what a user wants in diagnostics
+        elif match := COULD_NOT.match(line):
+            self._on_failed(match[1], match[2], match[3], now)
+        elif match := SCRIPT_FAILED.match(line):
+            self._on_failed(match[1], "build-script-run", None, now)
         elif match := DIRTY.match(line):
             self._dirty[match[1]] = match[2]
         elif match := REPORT.match(line):
             self._report = self.cwd / match[1]
         self._stderr.append(line.rstrip())
         del self._stderr[:-MAX_STDERR_KEEP]
+
+    def _on_running(self, line: str, now: float) -> None:
+        if match := SCRIPT_RUN.search(line):
+            self._running[(match[1], "build-script-run")] = now
+            self._scripts_running[match[1]] = time.time_ns()
+        elif match := CRATE.search(line):
+            crate_type = CRATE_TYPE.search(line)
+            kind = crate_type[1] if crate_type else "bin"
+            # A test harness is built with --test, no crate type.
+            self._running[(match[1], "test" if " --test " in line else kind)] = now
+
+    def _on_failed(self, package: str, kind: str, name: str | None, now: float) -> None:
+        """A unit cargo ran failed: timed from its `Running` line to cargo's error line."""
+        crate = (name or package).replace("-", "_")
+        if kind == "build-script-run":
+            keys = [(package, kind)]
+            target = "build-script-build"
+        elif kind == "lib":
+            keys = [(crate, t) for t in ("lib", "rlib", "proc-macro", "dylib", "cdylib")]
+            keys.append((crate, "test"))
+            target = crate
+        else:
+            keys = [(crate, "test" if kind == "test" else kind)]
+            target = name or package
+        start = next((self._running[k] for k in keys if k in self._running), None)
+        if start is None:
+            start = self._started.get(package)
+        if start is None:
+            return
+        self._failed.append(
+            timings.FailedUnit(
+                package=package,
+                target=target,
+                kind=kind,
+                start_s=start - self.spawned_at,
+                end_s=now - self.spawned_at,
+            )
+        )
 
     def _on_stdout(self, line: str) -> None:
         try:
@@ -352,6 +428,7 @@ class Build:
         elif reason == "compiler-message":
             self._on_diagnostic(message.get("message") or {})
         elif reason == "build-script-executed":
+            self._scripts_running.pop(package_name(str(message.get("package_id", ""))), None)
             self._on_script_run(str(message.get("out_dir", "")))
 
     def _on_script_run(self, out_dir: str) -> None:
@@ -374,6 +451,10 @@ class Build:
         fresh = bool(message.get("fresh"))
         if "bin" in kinds and message.get("executable"):
             result.executables[str(target.get("name", package))] = str(message["executable"])
+        if kinds[0] in LIBRARY_KINDS:
+            # cargo's report calls all of these "lib"; a bin may share the lib's name.
+            name = str(target.get("name", package)).replace("-", "_")
+            self._artifact_kinds[(package, name)] = str(kinds[0])
         if fresh:
             result.units_fresh += 1
             return

@@ -6,7 +6,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rbd.contract.protocol import PHASE_KEYS
-from rbd.contract.schema import AppRun, BuildSummary, Outcome, Phases, Unit
+from rbd.contract.schema import (
+    AppRun,
+    BuildKind,
+    BuildSummary,
+    Conditions,
+    Explain,
+    Outcome,
+    Phases,
+    Unit,
+)
 
 
 @dataclass
@@ -35,6 +44,13 @@ class UnitRecord:
     # Why cargo rebuilt the unit's package ("the file `src/lib.rs` has changed").
     dirty_reason: str | None = None
     critical_path: bool = False
+    # When its last dependency let it start, and how long it then waited for a job
+    # slot (see timings); seconds on the critical path when it is on it.
+    ready_s: float | None = None
+    queue_s: float | None = None
+    path_s: float | None = None
+    # cargo ran it and it failed: no artifact, timed from cargo's output.
+    failed: bool = False
 
     def to_json(self) -> Unit:
         return {
@@ -51,6 +67,10 @@ class UnitRecord:
             "total_s": self.total_s,
             "dirty_reason": self.dirty_reason,
             "critical_path": self.critical_path,
+            "ready_s": self.ready_s,
+            "queue_s": self.queue_s,
+            "path_s": self.path_s,
+            "failed": self.failed,
         }
 
 
@@ -77,6 +97,12 @@ class BuildResult:
     executables: dict[str, str] = field(default_factory=dict)
     # Keyed by PHASE_KEYS (filled in as measured; see phases_of).
     phases: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(PHASE_KEYS))
+    # What it rebuilt (see daemon.build.kinds); None when unknown.
+    kind: BuildKind | None = None
+    # Where the cores went (from cargo's report); None without one.
+    explain: Explain | None = None
+    # What it ran with (toolchain, lockfile, profile...), set before cargo runs.
+    conditions: Conditions | None = None
 
     @property
     def linker(self) -> str | None:
@@ -119,6 +145,7 @@ def summary(
     phases: Mapping[str, float | None],
     rustc_wrapper: str | None = None,
     app: AppRun | None = None,
+    kind: BuildKind | None = None,
 ) -> BuildSummary:
     """A build summary in the shape `history --json` prints (one place builds it)."""
     return {
@@ -139,6 +166,7 @@ def summary(
         "rustc_wrapper": rustc_wrapper,
         "phases": phases_of(phases),
         "app": app,
+        "kind": kind,
     }
 
 
@@ -147,6 +175,7 @@ def phases_of(values: Mapping[str, float | None]) -> Phases:
     PHASE_KEYS (the keys of schema.Phases), in its order, null where not measured."""
     return {
         "overhead_s": values.get("overhead_s"),
+        "queue_s": values.get("queue_s"),
         "compile_s": values.get("compile_s"),
         "frontend_s": values.get("frontend_s"),
         "codegen_s": values.get("codegen_s"),
@@ -178,4 +207,5 @@ def finished_summary(
         linker=result.linker,
         phases=result.phases,
         rustc_wrapper=result.rustc_wrapper,
+        kind=result.kind,
     )

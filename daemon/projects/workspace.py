@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from rbd.daemon.build.timings import cargo_version
+from rbd.daemon.build.report import cargo_version
 from rbd.daemon.errors import CargoMissing, ProjectError
 from rbd.daemon.projects import tomlfile
 
@@ -42,6 +42,8 @@ class Workspace:
     # None) when cargo metadata failed.
     bins: tuple[str, ...] = ()
     default_run: str | None = None
+    # The members' package names (an edit rebuild rebuilds only these); None: unknown.
+    members: frozenset[str] | None = None
 
 
 def find_manifest(start: Path) -> Path:
@@ -112,11 +114,13 @@ def _bins(metadata: dict[str, Any], root: Path) -> tuple[tuple[str, ...], str | 
 
 def _parse_metadata(
     stdout: bytes,
-) -> tuple[Path, Path, tuple[Path, ...], tuple[str, ...], str | None]:
+) -> tuple[Path, Path, tuple[Path, ...], tuple[str, ...], str | None, frozenset[str]]:
     metadata = json.loads(stdout)
     root, target, dirs = _layout(metadata)
     bins, default_run = _bins(metadata, root)
-    return root, target, _with_transitive_path_deps(dirs), bins, default_run
+    members = set(metadata.get("workspace_members") or ())
+    names = frozenset(str(p["name"]) for p in metadata["packages"] if p.get("id") in members)
+    return root, target, _with_transitive_path_deps(dirs), bins, default_run, names
 
 
 def _with_transitive_path_deps(dirs: list[Path]) -> tuple[Path, ...]:
@@ -175,11 +179,17 @@ async def load(
         if done.returncode == 0:
             # Parsed in a worker thread (cargo's JSON, then the members' manifests): a
             # workspace of hundreds of crates must not hold up the loop serving every project.
-            root, target, deps, bins, default_run = await anyio.to_thread.run_sync(
+            root, target, deps, bins, default_run, members = await anyio.to_thread.run_sync(
                 _parse_metadata, done.stdout
             )
             return Workspace(
-                root, target, deps, cargo_version=version, bins=bins, default_run=default_run
+                root,
+                target,
+                deps,
+                cargo_version=version,
+                bins=bins,
+                default_run=default_run,
+                members=members,
             )
         error = _first_error(done.stderr.decode(errors="replace"))
     root = manifest.parent.resolve()

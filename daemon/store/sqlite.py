@@ -19,8 +19,17 @@ from typing import Any, TypedDict, cast
 
 from rbd.contract import private
 from rbd.contract.errors import RbdError
-from rbd.contract.protocol import PHASE_KEYS
-from rbd.contract.schema import AppRun, BenchReport, BuildDetail, BuildSummary, Unit
+from rbd.contract.protocol import BUILD_KINDS, PHASE_KEYS
+from rbd.contract.schema import (
+    AppRun,
+    BenchReport,
+    BuildDetail,
+    BuildKind,
+    BuildSummary,
+    Conditions,
+    Explain,
+    Unit,
+)
 from rbd.daemon.build.records import BuildHeader, BuildResult, UnitRecord, summary
 from rbd.daemon.errors import StoreError
 
@@ -115,6 +124,24 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE builds ADD COLUMN app TEXT;
     """,
+    # 7: every second accounted for: the queue phase, the build's kind, where its cores
+    # went (schema.Explain) and what it ran with (schema.Conditions), as JSON; per unit
+    # its ready time, queue wait, share of the critical path and failure. Lockfiles'
+    # packages by digest (each kept once), to name what a Cargo.lock change added.
+    """
+    ALTER TABLE builds ADD COLUMN queue_s REAL;
+    ALTER TABLE builds ADD COLUMN kind TEXT;
+    ALTER TABLE builds ADD COLUMN explain TEXT;
+    ALTER TABLE builds ADD COLUMN conditions TEXT;
+    ALTER TABLE units ADD COLUMN ready_s REAL;
+    ALTER TABLE units ADD COLUMN queue_s REAL;
+    ALTER TABLE units ADD COLUMN path_s REAL;
+    ALTER TABLE units ADD COLUMN failed INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE lockfiles (
+        digest TEXT PRIMARY KEY,
+        packages TEXT NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -133,6 +160,10 @@ UNIT_COLUMNS = (
     "link_s",
     "dirty_reason",
     "critical_path",
+    "ready_s",
+    "queue_s",
+    "path_s",
+    "failed",
 )
 
 # Rendered diagnostics are kept for `rbd show`; a build spewing megabytes of
@@ -144,8 +175,19 @@ JOURNAL_SUFFIXES = ("-wal", "-shm", "-journal")
 
 _SUMMARY_COLUMNS = (
     "id, project, started_at, trigger, command, config, outcome, wall_s, settle_s, errors, "
-    "warnings, units_rebuilt, units_fresh, linker, rustc_wrapper, app, " + ", ".join(PHASE_KEYS)
+    "warnings, units_rebuilt, units_fresh, linker, rustc_wrapper, app, kind, "
+    + ", ".join(PHASE_KEYS)
 )
+
+
+class Rebuild(TypedDict):
+    """An edit rebuild as a trend reads it (Store.rebuilds)."""
+
+    id: int
+    started_at: str
+    trigger: list[str]
+    kind: BuildKind | None
+    wall_s: float | None
 
 
 class TuneRecord(TypedDict):
@@ -289,7 +331,7 @@ class Store:
 
     def build(self, build_id: int) -> BuildDetail | None:
         row = self._db.execute(
-            f"SELECT {_SUMMARY_COLUMNS}, first_error, diagnostics FROM builds"
+            f"SELECT {_SUMMARY_COLUMNS}, first_error, diagnostics, explain, conditions FROM builds"
             " WHERE id = ? AND outcome IS NOT NULL",
             (build_id,),
         ).fetchone()
@@ -304,10 +346,9 @@ class Store:
             **_summary(row),
             "first_error": row["first_error"],
             "diagnostics": row["diagnostics"] or "",
-            "units": [
-                UnitRecord(**{**dict(u), "critical_path": bool(u["critical_path"])}).to_json()
-                for u in units
-            ],
+            "units": [_unit(u) for u in units],
+            "explain": cast("Explain | None", _json_object(row["explain"])),
+            "conditions": cast("Conditions | None", _json_object(row["conditions"])),
         }
 
     def units_of(self, build_ids: list[int]) -> dict[int, list[Unit]]:
@@ -318,11 +359,67 @@ class Store:
                 f"SELECT {', '.join(UNIT_COLUMNS)} FROM units WHERE build_id = ? ORDER BY seq",
                 (i,),
             ).fetchall()
-            found[i] = [
-                UnitRecord(**{**dict(u), "critical_path": bool(u["critical_path"])}).to_json()
-                for u in rows
-            ]
+            found[i] = [_unit(u) for u in rows]
         return found
+
+    # What builds ran with (daemon.projects.conditions, daemon.advice.steps) ----
+
+    def rebuilds(self, project: str, limit: int) -> list[tuple[Rebuild, Conditions | None]]:
+        """The project's latest successful edit rebuilds, newest first, each with what it
+        ran with (None: not recorded): successful builds a change triggered, of kind
+        `edit` or recorded without a kind (the rule of daemon.advice.steps.per_save).
+        Only what a trend reads: 100 of them take about 1 ms (full summaries, 3 ms)."""
+        rows = self._db.execute(
+            "SELECT id, started_at, trigger, kind, wall_s, conditions FROM builds"
+            " WHERE project = ? AND outcome = 'success' AND trigger != '[]'"
+            " AND (kind = 'edit' OR kind IS NULL)"
+            " ORDER BY id DESC LIMIT ?",
+            (project, limit),
+        ).fetchall()
+        return [
+            (
+                {
+                    "id": row["id"],
+                    "started_at": row["started_at"],
+                    "trigger": json.loads(row["trigger"]),
+                    "kind": row["kind"] if row["kind"] in BUILD_KINDS else None,
+                    "wall_s": row["wall_s"],
+                },
+                cast("Conditions | None", _json_object(row["conditions"])),
+            )
+            for row in rows
+        ]
+
+    def save_lockfile(self, digest: str, packages: list[tuple[str, str]]) -> None:
+        """Keep a lockfile's (name, version) packages under its digest (once: a digest
+        stored already is left as it is)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO lockfiles (digest, packages) VALUES (?, ?)",
+                (digest, json.dumps([list(p) for p in packages])),
+            )
+
+    def lockfile(self, digest: str) -> list[tuple[str, str]] | None:
+        """The packages of the lockfile with that digest; None when not stored."""
+        row = self._db.execute(
+            "SELECT packages FROM lockfiles WHERE digest = ?", (digest,)
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            packages = json.loads(row["packages"])
+        except ValueError:
+            return None
+        return [(str(p[0]), str(p[1])) for p in packages if isinstance(p, list) and len(p) == 2]
+
+    def active_tune(self, project: str) -> int | None:
+        """The id of the project's latest tune not reverted, if any."""
+        row = self._db.execute(
+            "SELECT id FROM tunes WHERE project = ? AND reverted_at IS NULL"
+            " ORDER BY id DESC LIMIT 1",
+            (project,),
+        ).fetchone()
+        return None if row is None else int(row["id"])
 
     # Tuning ------------------------------------------------------------------
 
@@ -448,7 +545,8 @@ def _write_result(db: sqlite3.Connection, build_id: int, result: BuildResult) ->
     db.execute(
         "UPDATE builds SET outcome = ?, wall_s = ?, settle_s = ?, errors = ?, warnings = ?,"
         " units_rebuilt = ?, units_fresh = ?, linker = ?, rustc_wrapper = ?,"
-        " first_error = ?, diagnostics = ?, pgid = NULL, pg_start = NULL, "
+        " first_error = ?, diagnostics = ?, kind = ?, explain = ?, conditions = ?,"
+        " pgid = NULL, pg_start = NULL, "
         + ", ".join(f"{key} = ?" for key in PHASE_KEYS)
         + " WHERE id = ?",
         (
@@ -463,6 +561,9 @@ def _write_result(db: sqlite3.Connection, build_id: int, result: BuildResult) ->
             result.rustc_wrapper,
             result.first_error,
             result.diagnostics[:MAX_DIAGNOSTICS_CHARS],
+            result.kind,
+            None if result.explain is None else json.dumps(result.explain),
+            None if result.conditions is None else json.dumps(result.conditions),
             *phases,
             build_id,
         ),
@@ -496,7 +597,24 @@ def _summary(row: sqlite3.Row) -> BuildSummary:
         phases={key: row[key] for key in PHASE_KEYS},
         rustc_wrapper=row["rustc_wrapper"],
         app=_app(row["app"]),
+        kind=row["kind"] if row["kind"] in BUILD_KINDS else None,
     )
+
+
+def _unit(row: sqlite3.Row) -> Unit:
+    return UnitRecord(
+        **{**dict(row), "critical_path": bool(row["critical_path"]), "failed": bool(row["failed"])}
+    ).to_json()
+
+
+def _json_object(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _app(text: str | None) -> AppRun | None:
