@@ -7,6 +7,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from rbd.daemon.watch import scheduler
 from rbd.daemon.watch.scheduler import Scheduler
 
 pytestmark = pytest.mark.anyio
@@ -14,11 +15,15 @@ TIMEOUT = 10
 
 
 class FakeBuild:
-    def __init__(self, own: set[str]) -> None:
+    def __init__(self, own: set[str], undecided: set[str] | None = None) -> None:
         self.own = own
+        # Paths a still-running build script may have written: not told yet.
+        self.undecided = undecided if undecided is not None else set()
         self.cancelled = anyio.Event()
 
-    def owns_write(self, relative: str) -> bool:
+    def owns_write(self, relative: str) -> bool | None:
+        if relative in self.undecided:
+            return None
         return relative in self.own
 
     def cancel(self) -> None:
@@ -34,11 +39,12 @@ class Harness:
         self.launched = anyio.Event()
         self.hold = False
         self.own = own or set()
+        self.undecided: set[str] = set()
         self.build: FakeBuild | None = None
 
     async def launch(self, trigger: list[str], settle_s: float | None) -> None:
         self.triggers.append(trigger)
-        self.build = FakeBuild(self.own)
+        self.build = FakeBuild(self.own, self.undecided)
         self.scheduler.current = self.build
         self.launched.set()
         if self.hold:
@@ -64,7 +70,7 @@ async def test_a_burst_settles_into_one_build(tmp_path: Path) -> None:
         tg.cancel_scope.cancel()
 
 
-async def test_change_during_a_build_cancels_it_and_builds_both(tmp_path: Path) -> None:
+async def test_change_during_a_build_cancels_it_and_the_next_builds_both(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     h.hold = True
     async with anyio.create_task_group() as tg:
@@ -77,7 +83,8 @@ async def test_change_during_a_build_cancels_it_and_builds_both(tmp_path: Path) 
         h.scheduler.notify(["src/b.rs"])
         with anyio.fail_after(TIMEOUT):
             await first.cancelled.wait()
-        assert await h.next_launch() == ["src/b.rs"]
+        # The cancelled build's trigger carries into the one replacing it, first seen first.
+        assert await h.next_launch() == ["src/a.rs", "src/b.rs"]
         tg.cancel_scope.cancel()
 
 
@@ -95,7 +102,7 @@ async def test_the_builds_own_writes_do_not_cancel_it(tmp_path: Path) -> None:
         with anyio.fail_after(TIMEOUT):
             await build.cancelled.wait()
         h.hold = False
-        assert await h.next_launch() == ["src/c.rs"]
+        assert await h.next_launch() == ["src/a.rs", "src/c.rs"]
         tg.cancel_scope.cancel()
 
 
@@ -177,4 +184,53 @@ async def test_paused_scheduler_holds_changes_and_builds_them_once_resumed(
         assert len(h.triggers) == 1
         h.scheduler.resume()
         assert await h.next_launch() == ["src/b.rs", "src/c.rs"]
+        tg.cancel_scope.cancel()
+
+
+async def test_a_write_a_running_build_script_may_have_made_waits_for_cargos_word(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    h.hold = True
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.scheduler.run, False)
+        h.scheduler.notify(["src/a.rs"])
+        await h.next_launch()
+        build = h.build
+        assert build is not None
+        h.undecided.add("src/generated.rs")
+        h.scheduler.notify(["src/generated.rs"])
+        with anyio.move_on_after(0.5):
+            await build.cancelled.wait()
+        assert not build.cancelled.is_set(), "cancelled before cargo reported the script"
+        # cargo reports the script: its window holds the write.
+        h.own.add("src/generated.rs")
+        h.undecided.clear()
+        h.scheduler.notify(["src/b.rs"])
+        with anyio.fail_after(TIMEOUT):
+            await build.cancelled.wait()
+        h.hold = False
+        assert await h.next_launch() == ["src/a.rs", "src/b.rs"]
+        tg.cancel_scope.cancel()
+
+
+async def test_an_undecided_write_counts_as_the_users_after_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduler, "UNDECIDED_MAX_S", 0.2)
+    h = Harness(tmp_path)
+    h.hold = True
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.scheduler.run, False)
+        h.scheduler.notify(["src/a.rs"])
+        await h.next_launch()
+        build = h.build
+        assert build is not None
+        h.undecided.add("src/main.rs")  # a script held for good, as a user's edit lands
+        h.scheduler.notify(["src/main.rs"])
+        with anyio.fail_after(TIMEOUT):
+            await build.cancelled.wait()
+        h.hold = False
+        h.undecided.clear()
+        assert await h.next_launch() == ["src/a.rs", "src/main.rs"]
         tg.cancel_scope.cancel()

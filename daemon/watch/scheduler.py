@@ -37,8 +37,19 @@ STORM_QUIET_S = 0.3
 GIT_LOCK_MAX_WAIT_S = 30.0
 
 
+# A write a running build script may have made is decided once cargo reports the script
+# (its run's window is known then), or after this long as the user's: under load the
+# report came after the scheduler judged the write (a spurious rebuild), and a script
+# held for minutes must not hold up the cancel a user's save asks for.
+UNDECIDED_MAX_S = 3.0
+UNDECIDED_POLL_S = 0.05
+
+
 class RunningBuild(Protocol):
-    def owns_write(self, relative: str) -> bool: ...
+    def owns_write(self, relative: str) -> bool | None:
+        """Whether the build wrote it; None: cannot tell yet (see UNDECIDED_MAX_S)."""
+        ...
+
     def cancel(self) -> None: ...
 
 
@@ -80,6 +91,8 @@ class Scheduler:
         self._launch = launch
         # Changed paths (relative to root) not yet built, with when each was seen.
         self._pending: dict[str, float] = {}
+        # The running build was cancelled because changes (or a request) outdated it.
+        self._outdated = False
         # Builds asked for (`request()`), counted; the first `covered` of them were asked
         # before the latest build launched, which covers them.
         self._asked = 0
@@ -213,6 +226,7 @@ class Scheduler:
     async def _build(self, trigger: list[str], first_seen: float | None) -> None:
         self.state = "building"
         self._idle = anyio.Event()
+        self._outdated = False
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._cancel_when_outdated)
             try:
@@ -221,13 +235,25 @@ class Scheduler:
                 tg.cancel_scope.cancel()
                 self._idle.set()
         self.previous, self.current = self.current, None
+        if self._outdated and first_seen is not None:
+            # The build that replaces an outdated one builds its changes too: its trigger
+            # names them (a Cargo.toml edit must not vanish behind the save that followed
+            # it) and its save -> serving counts from the first of them.
+            merged = dict.fromkeys(trigger, first_seen)
+            for path, seen in self._pending.items():
+                merged[path] = min(seen, merged.get(path, seen))
+            self._pending = dict(sorted(merged.items(), key=lambda item: item[1]))
 
-    def _drop_own_writes(self, build: RunningBuild) -> None:
-        own = [path for path in self._pending if build.owns_write(path)]
+    def _drop_own_writes(self, build: RunningBuild) -> bool:
+        """Forget the pending paths the build wrote; returns whether some cannot be told
+        yet (those stay pending; a build that ended leaves none undecided)."""
+        decided = {path: build.owns_write(path) for path in self._pending}
+        own = [path for path, owned in decided.items() if owned]
         for path in own:
             del self._pending[path]
         if own:
             log.info("own_writes_ignored", root=str(self.root), paths=own)
+        return None in decided.values()
 
     async def _cancel_when_outdated(self) -> None:
         while True:
@@ -241,15 +267,22 @@ class Scheduler:
                 while (requested := self.current) is None:
                     await self._has_current.wait()
                 log.info("build_outdated", root=str(self.root), requested=True)
+                self._outdated = True
                 requested.cancel()
                 return
             await anyio.sleep(self.settle_s)
             build = self.current
             if build is None:
                 continue
-            self._drop_own_writes(build)
+            undecided_since = time.monotonic()
+            while (
+                self._drop_own_writes(build)
+                and time.monotonic() - undecided_since < UNDECIDED_MAX_S
+            ):
+                await anyio.sleep(UNDECIDED_POLL_S)
             if not self._pending:
                 continue
             log.info("build_outdated", root=str(self.root), paths=list(self._pending)[:20])
+            self._outdated = True
             build.cancel()
             return
