@@ -13,8 +13,12 @@ if TYPE_CHECKING:
         AppStatus,
         BuildDetail,
         BuildSummary,
+        Explain,
         Phases,
         StatusReply,
+        Step,
+        Trend,
+        UnitShare,
     )
 
 
@@ -73,7 +77,8 @@ def build_line(build: BuildSummary, with_project: bool = True, cause: str | None
         parts.append(split)
     rebuilt, fresh = build.get("units_rebuilt"), build.get("units_fresh")
     if rebuilt is not None:
-        parts.append(f"({rebuilt} rebuilt, {fresh} fresh)")
+        kind = build.get("kind")
+        parts.append(f"({rebuilt} rebuilt, {fresh} fresh{f'; {kind}' if kind else ''})")
     if build.get("linker"):
         parts.append(f"linker: {build['linker']}")
     trigger = build.get("trigger") or []
@@ -136,6 +141,7 @@ def phase_split(phases: Phases) -> str:
     else:
         shown.append(("compile", phases["compile_s"]))
     for value, label in (
+        (phases.get("queue_s"), "waiting for a core"),
         (phases.get("link_s"), "link"),
         (phases.get("build_script_s"), "build scripts"),
         (phases.get("lock_wait_s"), "lock wait"),
@@ -148,14 +154,16 @@ def phase_split(phases: Phases) -> str:
 
 
 PHASE_NOTES = {
-    "overhead_s": "cargo's spawn to its first unit (fingerprinting, scheduling)",
+    "overhead_s": "cargo's own time before its first unit and after its last (startup,"
+    " fingerprinting, its report)",
+    "queue_s": "units on the critical path ready, waiting for a job slot (every core busy)",
     "lock_wait_s": "waiting for another cargo's lock on the build directory",
     "compile_s": "compile time (frontend + codegen) of the units on the critical path",
     "frontend_s": "  of it frontend (parsing, type checking, borrow checking)",
     "codegen_s": "  of it codegen (LLVM)",
     "link_s": "time in the linker, as rbd's linker shim measured it",
     "build_script_s": "build scripts run on the critical path",
-    "other_s": "the rest of the wall time: gaps, cargo's bookkeeping, rounding",
+    "other_s": "the rest: gaps where cargo ran no unit between units, its 10 ms rounding",
 }
 
 
@@ -212,38 +220,66 @@ def status(data: StatusReply) -> str:
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
-def trend(builds: list[BuildSummary], label: str = "") -> list[str]:
-    """Median incremental rebuild (successful builds a change triggered) and its sparkline,
-    oldest to newest, over the builds listed (of one project: a median across
-    projects describes none of them)."""
-    walls = [
-        wall
-        for b in reversed(builds)
-        if b.get("outcome") == "success"
-        and b.get("trigger")
-        and (wall := b.get("wall_s")) is not None
-    ]
+def trend(data: Trend, label: str = "", steps: int = 3) -> list[str]:
+    """The median edit rebuild over the project's latest ones (the daemon's fixed window,
+    whatever --limit), its sparkline oldest to newest, then the newest step changes."""
+    walls = data["walls_s"]
     if len(walls) < 2:
         return []
-    ordered = sorted(walls)
-    median = (
-        ordered[len(ordered) // 2]
-        if len(ordered) % 2
-        else sum(ordered[len(ordered) // 2 - 1 : len(ordered) // 2 + 1]) / 2
-    )
-    low, high = ordered[0], ordered[-1]
+    low, high = min(walls), max(walls)
     spark = "".join(
         SPARKS[0 if high == low else round((w - low) / (high - low) * (len(SPARKS) - 1))]
         for w in walls
     )
-    half = len(walls) // 2
-    older, newer = walls[:half], walls[half:]
-    moved = sorted(newer)[len(newer) // 2] - sorted(older)[len(older) // 2]
-    direction = "faster" if moved < 0 else "slower"
-    return [
-        f"{label}incremental rebuilds: median {seconds(median)} over {len(walls)}  {spark}  "
-        f"(newer half {seconds(abs(moved))} {direction} than older half)",
+    unknown = data["unknown_kind"]
+    older = f"  ({unknown} of them recorded by an older rbd, kind unknown)" if unknown else ""
+    lines = [
+        f"{label}edit rebuilds: median {seconds(data['median_s'])} over {len(walls)}  {spark}"
+        + older
     ]
+    lines += [f"{label}{step_line(step)}" for step in data["steps"][:steps]]
+    return lines
+
+
+def step_causes(step: Step) -> list[str]:
+    """What changed at a step, one line each."""
+    return [change["text"] for change in step["changes"]] or [
+        "nothing rbd records changed (the code itself, or the machine)"
+    ]
+
+
+def step_line(step: Step) -> str:
+    """since #412: Cargo.lock changed — `sqlx-macros` added; edit rebuild median 0.61 s → 1.85 s"""
+    return (
+        f"since #{step['build_id']}: {'; '.join(step_causes(step))}; edit rebuild median "
+        f"{seconds(step['before_s'])} → {seconds(step['after_s'])}"
+    )
+
+
+def changes(trends: dict[str, Trend]) -> str:
+    """`rbd history --changes`: each project's step changes, newest first, with causes."""
+    if not trends:
+        return "no builds recorded yet"
+    lines: list[str] = []
+    for root, data in trends.items():
+        if len(trends) > 1:
+            lines += ["", root] if lines else [root]
+        lines += trend(data, steps=0)
+        searched = plural(data["searched"], "edit rebuild")
+        if not data["steps"]:
+            lines.append(f"no step change in the last {searched}")
+            continue
+        lines.append(f"step changes in the last {searched}, newest first:")
+        for step in data["steps"]:
+            when = step["started_at"][:16].replace("T", " ")
+            lines.append(
+                f"  since #{step['build_id']} ({when}): edit rebuild median "
+                f"{seconds(step['before_s'])} → {seconds(step['after_s'])} "
+                f"({step['before_builds']} builds before, {step['after_builds']} after;"
+                f" the last before: #{step['before_id']})"
+            )
+            lines += [f"    {cause}" for cause in step_causes(step)]
+    return "\n".join(lines)
 
 
 def short_names(roots: list[str]) -> dict[str, str]:
@@ -265,31 +301,31 @@ def short_names(roots: list[str]) -> dict[str, str]:
 PROJECT_COLUMN_MAX = 20
 
 
-def history(builds: list[BuildSummary]) -> str:
-    """A table of builds, newest first, after the median incremental rebuild; when they
-    are of several projects, with a project column and a median per project."""
+def history(builds: list[BuildSummary], trends: dict[str, Trend] | None = None) -> str:
+    """A table of builds, newest first, each with its kind, after each project's trend
+    (the median edit rebuild and the newest step changes; `trends` is the history
+    reply's); when they are of several projects, with a project column and a trend per
+    project."""
     if not builds:
         return "no builds recorded yet"
     roots = list(dict.fromkeys(b["project"] for b in builds))
     names = short_names(roots) if len(roots) > 1 else {}
     width = min(PROJECT_COLUMN_MAX, max(len(n) for n in ["project", *names.values()]))
-    trends: list[str] = []
-    if names:
-        for root in roots:
-            own = [b for b in builds if b["project"] == root]
-            trends += trend(own, f"{names[root]}: ")
-    else:
-        trends = trend(builds)
+    trends = trends or {}
+    lines: list[str] = []
+    for root in roots:
+        if root in trends:
+            lines += trend(trends[root], f"{names[root]}: " if names else "")
     project = f"{'project':{width}}  " if names else ""
     # Run mode: save -> serving (the new server answering), when any build has it.
     serving = any(b.get("app") for b in builds)
     header = (
-        f"{'id':>6}  {'started':19}  {project}{'outcome':13} {'wall':>9} {'compile':>7}"
+        f"{'id':>6}  {'started':19}  {project}{'outcome':13} {'kind':4} {'wall':>9} {'compile':>7}"
         f" {'front':>6} {'codegen':>7} {'link':>6} {'other':>6}"
         + (f" {'serving':>9}" if serving else "")
         + f"  {'err':>3} {'warn':>4}  trigger"
     )
-    lines = [*trends, ""] if trends else []
+    lines += [""] if lines else []
     lines.append(header)
     for b in builds:
         p = b.get("phases") or {}
@@ -298,7 +334,7 @@ def history(builds: list[BuildSummary]) -> str:
         project = f"{names[b['project']][:width]:{width}}  " if names else ""
         lines.append(
             f"{b['id']:>6}  {b['started_at'][:19].replace('T', ' '):19}  {project}"
-            f"{MARKS.get(b['outcome'] or '', '?')} {b['outcome']:11} "
+            f"{MARKS.get(b['outcome'] or '', '?')} {b['outcome']:11} {b.get('kind') or '–':4} "
             f"{seconds(b.get('wall_s')):>9} {_short(p.get('compile_s')):>7} "
             f"{_short(p.get('frontend_s'))} "
             f"{_short(p.get('codegen_s')):>7}"
@@ -311,14 +347,19 @@ def history(builds: list[BuildSummary]) -> str:
 
 
 def show(build: BuildDetail) -> str:
+    kind = f"  {build['kind']} build" if build.get("kind") else ""
+    units = build.get("units") or []
+    failed = sum(1 for unit in units if unit.get("failed"))
     lines = [
-        f"build #{build['id']}  {build['outcome']}  {seconds(build.get('wall_s'))}",
+        f"build #{build['id']}  {build['outcome']}{kind}  {seconds(build.get('wall_s'))}",
         f"  project   {build['project']}",
         f"  started   {build['started_at']}",
         f"  command   {' '.join(build['command'])}",
         f"  trigger   {', '.join(build['trigger']) or f'({NO_TRIGGER})'}",
         f"  settle    {seconds(build.get('settle_s'))}",
-        f"  units     {build.get('units_rebuilt')} rebuilt, {build.get('units_fresh')} fresh",
+        f"  units     {build.get('units_rebuilt')} rebuilt"
+        + (f" ({failed} failed)" if failed else "")
+        + f", {build.get('units_fresh')} fresh",
         f"  linker    {build.get('linker') or '—'}",
         f"  errors    {build.get('errors')}, warnings {build.get('warnings')}",
     ]
@@ -339,12 +380,13 @@ def show(build: BuildDetail) -> str:
         value = phases.get(key)
         shown = "unknown" if value is None else f"{value:.3f}"
         lines.append(f"  {key.removesuffix('_s'):13} {shown:>8}   {note}")
-    units = build.get("units") or []
+    if explain := build.get("explain"):
+        lines += ["", *explanation(explain, phases, build.get("wall_s"))]
     if units:
         lines.append("")
         lines.append(
-            f"    {'unit':28} {'kind':16} {'start':>7} {'total':>7} {'compile':>7} {'front':>7}"
-            f" {'codegen':>7} {'link':>7} {'script':>7}  why rebuilt"
+            f"    {'unit':28} {'kind':16} {'start':>7} {'queued':>7} {'total':>7} {'compile':>7}"
+            f" {'front':>7} {'codegen':>7} {'link':>7} {'script':>7}  why rebuilt"
         )
         for unit in units:
             name = (
@@ -352,17 +394,19 @@ def show(build: BuildDetail) -> str:
                 if unit["target"] in (unit["name"], unit["name"].replace("-", "_"))
                 else f"{unit['name']}::{unit['target']}"
             )
-            mark = "*" if unit.get("critical_path") else " "
+            mark = "✗" if unit.get("failed") else "*" if unit.get("critical_path") else " "
             lines.append(
                 f"  {mark} {name[:28]:28} {unit['kind'][:16]:16} {_num(unit.get('start_s'))} "
+                f"{_num(unit.get('queue_s'))} "
                 f"{_num(unit.get('total_s'))} {_num(unit.get('compile_s'))} "
                 f"{_num(unit.get('frontend_s'))} {_num(unit.get('codegen_s'))} "
                 f"{_num(unit.get('link_s'))} {_num(unit.get('build_script_s'))}"
                 f"  {_reason(unit.get('dirty_reason'))}"
             )
         lines.append(
-            "  * on the critical path; – not measured or not applicable"
-            " (cargo gives binaries no frontend/codegen split; only some units link)"
+            "  * on the critical path; ✗ failed; queued: ready, waiting for a job slot;"
+            " – not measured or not applicable (cargo gives binaries no frontend/codegen"
+            " split; only some units link)"
         )
     if build.get("diagnostics"):
         lines.append("")
@@ -371,6 +415,50 @@ def show(build: BuildDetail) -> str:
         lines.append("")
         lines.append(first_error)
     return "\n".join(lines)
+
+
+# Above this share of the job slots in use, with most of the path queued, the build was
+# bound by cores, not by its dependency chain.
+CPU_BOUND_BUSY = 0.8
+
+
+def explanation(explain: Explain, phases: Phases, wall: float | None) -> list[str]:
+    """Where the cores went: how busy, on what, and what would help (`rbd show`)."""
+    lines = []
+    jobs, busy, span = explain.get("jobs"), explain.get("busy"), explain.get("span_s")
+    if jobs and busy is not None and span:
+        cores = f" ({explain['ncpu']} cores)" if explain.get("ncpu") else ""
+        lines.append(
+            f"  cores     {jobs} job slots{cores} busy {busy:.0%} of the {span:.2f} s units ran;"
+            f" every slot taken {seconds(explain.get('saturated_s'))}"
+        )
+        queue = phases.get("queue_s") or 0.0
+        if busy >= CPU_BOUND_BUSY and wall and queue >= wall / 3:
+            lines.append(
+                f"            CPU-bound: the path waited {queue:.2f} s for a core; more cores,"
+                " or fewer or lighter dependencies, would help"
+            )
+        elif wall and (phases.get("compile_s") or 0.0) >= wall / 2:
+            lines.append(
+                "            bound by the chain of units on the critical path: faster or"
+                " smaller crates on it would help"
+            )
+    total = explain.get("units_s") or 0.0
+    if total:
+        macros, scripts = explain.get("proc_macro_s") or 0.0, explain.get("build_script_s") or 0.0
+        lines.append(
+            f"  unit time {total:.2f} s in all: proc-macros {macros:.2f} s ({macros / total:.0%}),"
+            f" build scripts {scripts:.2f} s ({scripts / total:.0%})"
+        )
+
+    def listed(shares: list[UnitShare]) -> str:
+        return ", ".join(f"{s['name']} {s['seconds']:.2f}" for s in shares)
+
+    if explain.get("top_units"):
+        lines.append(f"  longest   {listed(explain['top_units'])}")
+    if explain.get("top_path"):
+        lines.append(f"  on path   {listed(explain['top_path'])}")
+    return lines
 
 
 def _serving(app: AppRun | None) -> str:

@@ -154,7 +154,7 @@ def test_history_of_several_projects_has_a_project_column_and_a_median_each(
             assert build["outcome"] == "success" and build["trigger"] == ["src/main.rs"]
     # Outside every project: the builds of both.
     lines = rbd.ok("history", cwd=tmp_path).splitlines()
-    medians = [line for line in lines if "incremental rebuilds: median" in line]
+    medians = [line for line in lines if "edit rebuilds: median" in line]
     assert [line.split(":")[0] for line in medians] == ["two", "one"], lines
     header = next(line for line in lines if line.split()[:2] == ["id", "started"])
     assert header.split()[2] == "project", header
@@ -162,9 +162,7 @@ def test_history_of_several_projects_has_a_project_column_and_a_median_each(
     assert [row.split()[3] for row in rows] == ["two"] * 3 + ["one"] * 3, lines
     # One project's history stays as it was: no project column, one median.
     own = rbd.ok("history", cwd=one).splitlines()
-    assert [line.split(":")[0] for line in own if "incremental rebuilds" in line] == [
-        "incremental rebuilds"
-    ], own
+    assert [line.split(":")[0] for line in own if "edit rebuilds" in line] == ["edit rebuilds"], own
     assert "project" not in next(line for line in own if line.split()[:2] == ["id", "started"])
     # The JSON is the same list of builds as ever.
     builds = json.loads(rbd.ok("history", "--json", cwd=tmp_path))

@@ -94,7 +94,14 @@ def test_hello_then_requests_with_ids(raw: Any) -> None:
         "store",
     }
     history = c.ask({"op": "history", "id": [1, 2], "all": True})
-    assert history == {"id": [1, 2], "ok": True, "project": None, "builds": []}
+    assert history == {
+        "id": [1, 2],
+        "ok": True,
+        "project": None,
+        "builds": [],
+        "trend": None,
+        "trends": {},
+    }
 
 
 def test_requests_before_hello_are_refused(raw: Any) -> None:

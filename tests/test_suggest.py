@@ -110,6 +110,25 @@ def test_start_builds_and_failures_are_not_incremental_evidence() -> None:
     assert "debuginfo-line-tables" not in ids(ctx)
 
 
+def test_medians_are_of_edit_rebuilds_when_the_kind_is_known() -> None:
+    """A profile change rebuilding everything (36.9 s) beside saves of 1.2 s: the medians
+    per-save advice argues from are the saves'. Builds an older rbd recorded without a
+    kind still count by the old rule; a build script run on every save still counts."""
+    saves = [{**build(i, 1.2, link=0.4, codegen=0.3), "kind": "edit"} for i in (6, 5, 4)]
+    deps = [{**build(i, 36.9, link=0.4, codegen=30.0), "kind": k} for i, k in ((3, "deps"),)]
+    full = [{**build(2, 40.0, link=0.4, codegen=33.0, units_rebuilt=70), "kind": "full"}]
+    older = [{**build(1, 1.0, link=0.3, codegen=0.2), "kind": None}]
+    ctx = rules.Context(environment(), [*saves, *deps, *full, *older])
+    assert [b["id"] for b in ctx.incremental] == [6, 5, 4, 1]
+    assert ctx.median("wall_s") == pytest.approx(1.2)
+    assert [b["id"] for b in ctx.saves] == [6, 5, 4, 3, 2, 1]
+    item = only(ctx, "debuginfo-line-tables")
+    assert item is not None and "last 4 builds" in item["evidence"]
+    # Dependency rebuilds are what deps-opt-level speaks of: known by kind.
+    heavy = only(rules.Context(environment(deps_opt_level=3), ctx.builds), "deps-opt-level")
+    assert heavy is not None and "#2" in heavy["evidence"]
+
+
 def test_linker_rules_fire_only_when_gnu_ld_links_and_link_matters() -> None:
     slow = [build(i, 1.0, link=0.5, linker="bfd") for i in range(1, 4)]
     found = ids(rules.Context(environment(), slow))

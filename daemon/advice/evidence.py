@@ -4,6 +4,11 @@ A suggestion whose change a bench configuration measures gets that measurement a
 expected saving (source "measured") when the configuration was faster than the
 baseline by more than the runs' spread; when it was not, the suggestion is withdrawn
 and the measurement says why. Suggestions no bench measures keep their estimates.
+
+Like with like: a suggestion for what a save costs (estimated from the median edit
+rebuild, rules.Context.incremental) cites the bench's incremental rows, whose every run
+edits one source file of the copy (an edit rebuild); one for dependency rebuilds cites
+the clean rows (MEASURED_BY).
 """
 
 from __future__ import annotations

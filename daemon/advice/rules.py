@@ -1,8 +1,9 @@
 """Tuning suggestions argued from a project's own recorded builds.
 
-Each rule reads the last incremental rebuilds (successful builds a change
-triggered) and the toolchain probe (daemon.advice.probe), and fires only on a
-measured signal: a share of the median rebuild, a unit rebuilt every time, a
+Each rule reads the last edit rebuilds (what a save costs: successful builds a change
+triggered, of kind `edit` or recorded without a kind by an older rbd; see
+Context.incremental) and the toolchain probe (daemon.advice.probe), and fires only
+on a measured signal: a share of the median rebuild, a unit rebuilt every time, a
 lock wait. What a suggestion is expected to save is an estimate from a
 stated source, scaled by this project's own phase times (`rbd bench` will
 measure them), or, where the change removes a cost rbd measured (a lock
@@ -27,6 +28,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from rbd.contract.schema import Suggestion
+from rbd.daemon.advice.steps import per_save
 
 WINDOW = 20
 MIN_BUILDS = 3
@@ -50,6 +52,16 @@ class Context:
 
     @property
     def incremental(self) -> list[Mapping[str, Any]]:
+        """The edit rebuilds among the builds (what a save costs: steps.per_save). A build
+        that rebuilt dependencies, or everything, is other work, and its minutes would
+        swamp the median of seconds-long saves."""
+        return [b for b in self.builds if per_save(b)]
+
+    @property
+    def saves(self) -> list[Mapping[str, Any]]:
+        """Every successful build a change triggered, whatever it rebuilt: for the rules
+        that look for what recurs across saves (a build script run on every save, flags
+        flipping), whose builds rebuild a dependency and so are not edit rebuilds."""
         return [b for b in self.builds if b.get("outcome") == "success" and b.get("trigger")]
 
     def median(self, key: str) -> float | None:
@@ -86,7 +98,7 @@ def share_text(ctx: Context, part: str, label: str) -> tuple[float, float, str] 
         return None
     n = len(ctx.incremental)
     text = (
-        f"{label} was {value / wall:.0%} of the median incremental rebuild over the last "
+        f"{label} was {value / wall:.0%} of the median edit rebuild over the last "
         f"{n} builds: {secs(value)} of {secs(wall)}"
     )
     return value, wall, text
@@ -132,7 +144,7 @@ def debuginfo_line_tables(ctx: Context) -> Suggestion | None:
     wall = ctx.median("wall_s") or 0.0
     evidence = (
         f"the dev profile builds full debuginfo (debug = 2); codegen and link took {secs(base)} of "
-        f"the median incremental rebuild ({secs(wall)}) over the last {len(ctx.incremental)} builds"
+        f"the median edit rebuild ({secs(wall)}) over the last {len(ctx.incremental)} builds"
     )
     change = {
         "file": "Cargo.toml",
@@ -375,9 +387,11 @@ def rust_analyzer_target_dir(ctx: Context) -> Suggestion | None:
     )
 
 
-def _units_by_name(ctx: Context, kind: str) -> dict[str, list[Mapping[str, Any]]]:
+def _units_by_name(
+    ctx: Context, kind: str, builds: Sequence[Mapping[str, Any]] | None = None
+) -> dict[str, list[Mapping[str, Any]]]:
     found: dict[str, list[Mapping[str, Any]]] = {}
-    for build in ctx.incremental:
+    for build in ctx.incremental if builds is None else builds:
         for unit in ctx.units.get(int(build["id"]), []):
             if unit.get("kind") == kind:
                 found.setdefault(str(unit["name"]), []).append(unit)
@@ -385,9 +399,9 @@ def _units_by_name(ctx: Context, kind: str) -> dict[str, list[Mapping[str, Any]]
 
 
 def rerun_if_changed(ctx: Context) -> Suggestion | None:
-    n = len(ctx.incremental)
+    n = len(ctx.saves)
     best: tuple[float, str, int] | None = None
-    for name, runs in _units_by_name(ctx, "build-script-run").items():
+    for name, runs in _units_by_name(ctx, "build-script-run", ctx.saves).items():
         if n >= MIN_BUILDS and len(runs) * 2 >= n:
             cost = statistics.median(u.get("build_script_s") or 0.0 for u in runs)
             if best is None or cost > best[0]:
@@ -398,8 +412,8 @@ def rerun_if_changed(ctx: Context) -> Suggestion | None:
     return suggestion(
         "rerun-if-changed",
         f"Stop {name}'s build script from running on every rebuild",
-        f"its build script ran in {count} of the last {n} incremental rebuilds, {secs(cost)} each "
-        "(median)",
+        f"its build script ran in {count} of the last {n} rebuilds a save triggered,"
+        f" {secs(cost)} each (median)",
         {
             "file": f"build.rs of {name}",
             "manual": 'print "cargo::rerun-if-changed=PATH" for exactly the inputs it reads',
@@ -416,7 +430,7 @@ MISMATCH_WORDS = ("RUSTFLAGS", "rustflags", "features", "profile", "config setti
 
 def flags_mismatch(ctx: Context) -> Suggestion | None:
     hits: dict[str, list[Mapping[str, Any]]] = {}
-    for build in ctx.incremental:
+    for build in ctx.saves:
         for unit in ctx.units.get(int(build["id"]), []):
             reason = str(unit.get("dirty_reason") or "")
             if any(word in reason for word in MISMATCH_WORDS):
@@ -428,7 +442,7 @@ def flags_mismatch(ctx: Context) -> Suggestion | None:
     return suggestion(
         "flags-mismatch",
         "Another tool builds with different flags: each switch rebuilds everything",
-        f"in {len(hits)} of the last {len(ctx.incremental)} rebuilds cargo rebuilt units because "
+        f"in {len(hits)} of the last {len(ctx.saves)} rebuilds cargo rebuilt units because "
         f"flags changed (e.g. {example['name']}: {example.get('dirty_reason')}), median "
         f"{secs(statistics.median(per_build))} of unit time",
         {
@@ -436,7 +450,7 @@ def flags_mismatch(ctx: Context) -> Suggestion | None:
             "manual": "give every tool the same RUSTFLAGS/features, or rust-analyzer its own "
             "target dir",
         },
-        statistics.median(per_build) * len(hits) / max(1, len(ctx.incremental)),
+        statistics.median(per_build) * len(hits) / max(1, len(ctx.saves)),
         "the time of the units rebuilt for flag changes, measured here",
         "none",
         source="measured",
@@ -503,8 +517,18 @@ def deps_opt_level(ctx: Context) -> Suggestion | None:
     level = ctx.profile.get("deps_opt_level", 0)
     if not isinstance(level, int) or level < 2:
         return None
-    # Builds that rebuilt many units rebuilt dependencies (a start, an update).
-    heavy = [b for b in ctx.builds if (b.get("units_rebuilt") or 0) >= 10 and b.get("wall_s")]
+    # Builds that rebuilt dependencies (a start, an update): by kind when it is known,
+    # else (recorded by an older rbd) those that rebuilt many units.
+    heavy = [
+        b
+        for b in ctx.builds
+        if b.get("wall_s")
+        and (
+            b.get("kind") in ("deps", "full")
+            if b.get("kind") is not None
+            else (b.get("units_rebuilt") or 0) >= 10
+        )
+    ]
     if not heavy:
         return None
     worst = max(heavy, key=lambda b: float(b["wall_s"]))

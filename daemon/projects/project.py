@@ -30,7 +30,7 @@ from rbd.daemon.build.configurations import BuildConfig
 from rbd.daemon.build.records import BuildHeader, BuildResult
 from rbd.daemon.build.shim import Shims
 from rbd.daemon.errors import DaemonError, NotWatched, ProjectError, StoreError
-from rbd.daemon.projects import recorder
+from rbd.daemon.projects import conditions, recorder
 from rbd.daemon.projects import workspace as workspaces
 from rbd.daemon.projects.settings import ProjectConfig
 from rbd.daemon.rpc.events import EventHub
@@ -80,6 +80,8 @@ class Project:
         self.store = store
         self.hub = hub
         self.shims = shims
+        # What each build runs with (toolchain, Cargo.lock, profile...), read beside it.
+        self.conditions = conditions.Collector(store)
         # Run mode (idle while it is off): the app replaced after each successful build.
         self.runner = AppRunner(self.key, self.root, app_output, hub, self.record_app)
         self.problem: str | None = None
@@ -277,20 +279,28 @@ class Project:
             ),
             shim=shim,
             user_wrapper=user_wrapper,
+            members=self.workspace.members,
         )
         self.current = recording
         self._build = build
         self.scheduler.current = build
+        gathering = self.conditions.begin(
+            self.root, argv, build_config.apply_env(self.env), self.config, build_config.name
+        )
         result: BuildResult
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(recording.process_group, build)
+                tg.start_soon(gathering.run, build.spawned)
                 result = await build.run()
+                result.conditions = await gathering.finish()
                 tg.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
             # The project is being stopped or the daemon shut down mid-build.
             with anyio.CancelScope(shield=True):
-                await self._finish(recording, await build.stop())
+                stopped = await build.stop()
+                stopped.conditions = gathering.conditions
+                await self._finish(recording, stopped)
             raise
         await self._finish(recording, result)
 

@@ -54,7 +54,7 @@ from rbd.contract.schema import (
     TuneRevertReply,
     TuneRevertRequest,
 )
-from rbd.daemon.advice import advisor
+from rbd.daemon.advice import advisor, steps
 from rbd.daemon.bench import runner
 from rbd.daemon.errors import BadRequest, ConfigError, NotFound, NotWatched, ProjectError
 from rbd.daemon.projects.project import Project
@@ -169,7 +169,15 @@ async def _history(
     if not request["all"]:
         project = await _known(services, request.get("path"))
     builds = await services.store.call(services.store.sync.history, project, request["limit"])
-    return {"project": project, "builds": builds}
+    # Each project's trend over its own latest edit rebuilds, whatever the limit.
+    roots = [project] if project else list(dict.fromkeys(b["project"] for b in builds))
+    trends = await steps.trends(services.store, roots)
+    return {
+        "project": project,
+        "builds": builds,
+        "trend": trends.get(project) if project else None,
+        "trends": trends,
+    }
 
 
 async def _show(services: Services, connection: Connection, request: ShowRequest) -> ShowReply:
