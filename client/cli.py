@@ -150,26 +150,89 @@ def cmd_history(args: argparse.Namespace) -> int:
         raise UsageError("--limit must be at least 1")
     with Connection.open() as conn:
         reply = conn.request(protocol.HISTORY, path=_dir(args.dir), all=args.all, limit=args.limit)
-    if args.json:
+    trends = reply.get("trends") or {}
+    if args.changes and args.json:
+        # One trend per project (schema.Trend), with its step changes.
+        _print_json(list(trends.values()))
+    elif args.json:
         _print_json(reply["builds"])
     else:
         from rbd.client import render
 
         if reply["project"]:
             print(f"{reply['project']}")
-        print(render.history(reply["builds"]))
+        if args.changes:
+            print(render.changes(trends))
+        else:
+            print(render.history(reply["builds"], trends))
     return 0
+
+
+def _write_page(path: str, text: str) -> str:
+    """Write an HTML page for the user to path, atomically (a reader sees the old file or
+    the whole new one, never part) and with the user's umask (it is their file, not rbd's
+    state); return the absolute path. Raises RbdError naming path if it cannot be written."""
+    target = os.path.abspath(path)
+    if os.path.isdir(target):
+        raise RbdError(f"cannot write {path}: it is a directory")
+    data = text.encode("utf-8", "backslashreplace")
+    temp = os.path.join(
+        os.path.dirname(target), f".{os.path.basename(target)}.{os.urandom(4).hex()}.tmp"
+    )
+    try:
+        # 0o666 and O_CREAT: the kernel applies the umask, as to any file the user creates.
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(temp, target)
+        except BaseException:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+            raise
+    except OSError as exc:
+        raise RbdError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return target
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     with Connection.open() as conn:
         build = conn.request(protocol.SHOW, build_id=args.build_id)["build"]
+    if args.html is not None:
+        from rbd.client import htmlpage
+
+        where = _write_page(args.html, htmlpage.build_page(build))
+        # --json prints JSON only: the note goes to stderr then.
+        print(
+            f"rbd: wrote build #{build['id']} to {where}",
+            file=sys.stderr if args.json else sys.stdout,
+        )
+        if not args.json:
+            return 0
     if args.json:
         _print_json(build)
     else:
         from rbd.client import render
 
         print(render.show(build))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """The project's history as an HTML page (its last --limit builds, and the history
+    reply's trend when the daemon sends one)."""
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    with Connection.open() as conn:
+        reply = conn.request(protocol.HISTORY, path=_dir(args.dir), limit=args.limit)
+    from rbd.client import htmlpage
+
+    builds = reply["builds"]
+    page = htmlpage.history_page(reply["project"], builds, reply.get("trend"))
+    where = _write_page(args.html, page)
+    print(f"rbd: wrote {len(builds)} builds of {reply['project']} to {where}")
     return 0
 
 
@@ -455,8 +518,27 @@ def _parser() -> _Parser:
     )
     p.add_argument("--limit", type=int, default=20, help="how many builds (default 20)")
     p.add_argument("--all", action="store_true", help="builds of every project")
+    p.add_argument(
+        "--changes",
+        action="store_true",
+        help="only the step changes in the edit rebuild time, and what changed at each",
+    )
     p = add("show", cmd_show, "one build in full")
     p.add_argument("build_id", type=int, metavar="BUILD_ID")
+    p.add_argument(
+        "--html", metavar="FILE", help="write it as a page: its units on a time axis (no network)"
+    )
+    p = add(
+        "report",
+        cmd_report,
+        "the project's builds as an HTML page: phases per build, kinds, step changes",
+        json_flag=False,
+    )
+    p.add_argument(
+        "dir", nargs="?", help="project (default: the one containing the current directory)"
+    )
+    p.add_argument("--html", metavar="FILE", required=True, help="the page to write")
+    p.add_argument("--limit", type=int, default=200, help="how many builds (default 200)")
     p = add("suggest", cmd_suggest, "tuning suggestions argued from the project's own builds")
     p.add_argument("dir", nargs="?", help="project (default: the one containing the current dir)")
     p = add(

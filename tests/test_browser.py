@@ -3,38 +3,24 @@ Chromium shows an edit to the app's source without the test navigating, because 
 rebuilds and restarts the app on the socket it holds and the page's own reload script
 (tower-livereload) reloads it when the restarted server answers.
 
-The browser is driven over the DevTools protocol (a websocket) and runs in its own
+The browser is driven over the DevTools protocol (tests/cdp.py) and runs in its own
 process group; it and every process it started are gone when the test ends."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import re
 import shutil
-import signal
 import socket
-import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from websockets.sync.client import ClientConnection, connect
 
 from rbd.contract import protocol
-from tests.conftest import (
-    SHARED_CACHE,
-    WAIT_S,
-    Events,
-    Rbd,
-    processes,
-    processes_in_group,
-)
+from tests.cdp import CHROMIUM, DevToolsError, chromium, poll
+from tests.conftest import SHARED_CACHE, WAIT_S, Events, Rbd
 
-CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (.ci/setup installs it)"
 )
@@ -49,165 +35,6 @@ FIRST_BUILD_S = 600.0
 # page reconnects (0.1 s after its reload stream ended: liveapp's reload_interval).
 RELOAD_S = 300.0
 MESSAGE = re.compile(r'pub const MESSAGE: &str = "([^"]*)";')
-
-T = TypeVar("T")
-
-
-class DevToolsError(Exception):
-    """A DevTools protocol call answered with an error (e.g. no page context during a reload)."""
-
-
-class Page:
-    """One tab, attached over the browser's DevTools connection (a flat session)."""
-
-    def __init__(self, browser: Browser, session: str) -> None:
-        self._browser = browser
-        self._session = session
-
-    def evaluate(self, expression: str) -> Any:
-        """The expression's value in the page; raises DevToolsError where it cannot run
-        (mid-navigation) or threw."""
-        result = self._browser.call(
-            "Runtime.evaluate",
-            {"expression": expression, "returnByValue": True},
-            session=self._session,
-        )
-        if "exceptionDetails" in result:
-            raise DevToolsError(json.dumps(result["exceptionDetails"])[:500])
-        return result["result"].get("value")
-
-
-class Browser:
-    """The browser target's DevTools connection; calls are answered in order of their ids
-    and events between them are dropped (nothing here subscribes to any)."""
-
-    def __init__(self, websocket: ClientConnection) -> None:
-        self._websocket = websocket
-        self._last_id = 0
-
-    def call(
-        self, method: str, params: dict[str, Any] | None = None, session: str | None = None
-    ) -> dict[str, Any]:
-        """The call's result; raises DevToolsError if it failed, TimeoutError if the
-        browser did not answer within WAIT_S."""
-        self._last_id += 1
-        message: dict[str, Any] = {"id": self._last_id, "method": method, "params": params or {}}
-        if session is not None:
-            message["sessionId"] = session
-        self._websocket.send(json.dumps(message))
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            reply = json.loads(self._websocket.recv(timeout=max(deadline - time.monotonic(), 0)))
-            if reply.get("id") != self._last_id:
-                continue
-            if "error" in reply:
-                raise DevToolsError(f"{method}: {reply['error']}")
-            result: dict[str, Any] = reply["result"]
-            return result
-
-    def open(self, url: str) -> Page:
-        target = self.call("Target.createTarget", {"url": url})["targetId"]
-        session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})
-        return Page(self, session["sessionId"])
-
-
-def poll(probe: Callable[[], T | None], timeout: float, what: Callable[[], str]) -> T:
-    """probe's first value that is not None, asked every 0.1 s; fails with what() after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        assert time.monotonic() < deadline, f"{what()} (waited {timeout:.0f} s)"
-        time.sleep(0.1)
-
-
-def mentioning(text: str) -> list[int]:
-    """Live processes whose command line contains text."""
-    needle = text.encode()
-    return [p.pid for p in processes() if not p.zombie and needle in b" ".join(p.argv)]
-
-
-@contextlib.contextmanager
-def chromium(home: Path) -> Iterator[Browser]:
-    """Headless Chromium with its profile, HOME and config below home, in a process group
-    of its own that is killed on the way out; then no process of that group is left, nor
-    any other naming home.
-
-    Its two crash handlers (chrome_crashpad_handler) setsid() out of the group, with their
-    database below HOME, so their command lines name home: they exit by themselves once the
-    browser is gone (seen with Debian's Chromium 156), and are killed if they do not.
-    Keeping them from starting (--disable-crashpad-for-testing) is no way out: the network
-    service then crashes on every start ("FD ownership violation") and no page loads."""
-    assert CHROMIUM is not None
-    profile = home / "profile"
-    argv = [
-        CHROMIUM,
-        "--headless=new",
-        "--remote-debugging-port=0",
-        f"--user-data-dir={profile}",
-        "--no-first-run",
-        "--no-default-browser-check",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        # A tab the browser thinks is hidden has its timers throttled: the page's
-        # reconnect timer must run on time.
-        "--disable-background-timer-throttling",
-        "--disable-renderer-backgrounding",
-        "about:blank",
-    ]
-    if os.geteuid() == 0:
-        argv.insert(1, "--no-sandbox")  # Chromium refuses to start as root with its sandbox
-    env = {
-        **os.environ,
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / "config"),
-        "XDG_CACHE_HOME": str(home / "cache"),
-    }
-    process = subprocess.Popen(
-        argv,
-        env=env,
-        start_new_session=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=(home / "chromium.err").open("wb"),
-    )
-    try:
-        active_port = profile / "DevToolsActivePort"
-
-        def endpoint() -> str | None:
-            assert process.poll() is None, "chromium exited: " + tail(home / "chromium.err")
-            lines = active_port.read_text().split() if active_port.exists() else []
-            return f"ws://127.0.0.1:{lines[0]}{lines[1]}" if len(lines) == 2 else None
-
-        url = poll(endpoint, WAIT_S, lambda: "chromium wrote no DevToolsActivePort")
-        # proxy=None: a proxy from the environment must not see a loopback connection.
-        with connect(url, proxy=None, max_size=None, open_timeout=WAIT_S) as websocket:
-            yield Browser(websocket)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=WAIT_S)
-        poll(
-            lambda: True if not processes_in_group(process.pid) else None,
-            WAIT_S,
-            lambda: f"chromium's processes outlived it: {processes_in_group(process.pid)}",
-        )
-        try:
-            poll(
-                lambda: True if not mentioning(str(home)) else None,
-                WAIT_S,
-                lambda: f"chromium's crash handlers outlived it: {mentioning(str(home))}",
-            )
-        finally:
-            for pid in mentioning(str(home)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-
-
-def tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
 
 def app_up(events: Events, timeout: float = WAIT_S) -> dict[str, Any]:
