@@ -1,4 +1,4 @@
-"""rbd's performance suite: figures 1 to 9, one report each.
+"""rbd's performance suite: figures 1 to 9, 11 and 12, one report each.
 
 Run from the repository root after `.ci/setup`:
 
@@ -20,6 +20,13 @@ Run from the repository root after `.ci/setup`:
    suggestions vs the best `rbd bench` configuration (outcome)
 9. how rbd's and the build's costs grow with a synthetic workspace of 10, 50 and
    200 crates (scaling)
+11. what the phases leave unexplained (`other_s / wall_s`) on the web app's clean,
+    profile-change and dependency-bump builds and on clean builds of the synthetic
+    workspaces (accounting)
+12. a planted slowdown (a proc-macro dependency added before edit 20 of 40): found
+    at that edit and named by `rbd history --changes` (slowdown)
+
+(Figure 10, run mode beside its peers, is benchmarks/serve_loop.py on its own.)
 
 A figure that needs a daemon runs a private one (XDG dirs in a temp dir), never
 one you run. `--quick` runs tiny sizes once each (a smoke test, seconds per
@@ -81,6 +88,8 @@ FIGURES = (
     Figure(7, "footprint at rest on a big tree", (Part("benchmarks.footprint"),)),
     Figure(8, "the outcome of suggest and tune on the web app", (Part("benchmarks.outcome"),)),
     Figure(9, "costs by project size", (Part("benchmarks.scaling"),)),
+    Figure(11, "every second of a build accounted for", (Part("benchmarks.accounting"),)),
+    Figure(12, "a planted slowdown found and named", (Part("benchmarks.slowdown"),)),
 )
 
 

@@ -31,6 +31,8 @@ FAST = [
     ("benchmarks.store_bench", "run"),
     ("benchmarks.scaling", "run"),
     ("benchmarks.serve_loop", "run"),
+    ("benchmarks.accounting", "run"),
+    ("benchmarks.slowdown", "run"),
 ]
 
 

@@ -498,3 +498,17 @@ def test_bad_or_unavailable_configurations_are_refused(rbd: Rbd, crate: Path) ->
     assert crane.returncode == 1
     assert "rustc-codegen-cranelift-preview" in crane.stderr, crane.stderr
     assert rbd.request(protocol.STATUS)["projects"] == []
+
+
+def test_a_cargo_lock_written_after_the_build_is_a_change(rbd: Rbd, tmp_path: Path) -> None:
+    """cargo writes Cargo.lock while it runs (the build's own write); a `cargo update`
+    after it exited is the user's, and builds."""
+    crate = make_crate(tmp_path / "locked", "locked")
+    events = started(rbd, crate)
+    first = events.finished()
+    assert first["outcome"] == "success" and (crate / "Cargo.lock").exists()
+    lock = crate / "Cargo.lock"
+    lock.write_text(lock.read_text() + "\n")
+    build = events.finished()
+    assert build["id"] == first["id"] + 1
+    assert build["trigger"] == ["Cargo.lock"]

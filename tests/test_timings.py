@@ -368,17 +368,25 @@ def record(name: str) -> UnitRecord:
 
 
 @pytest.mark.parametrize(
-    ("outcome", "units", "fresh", "expected"),
+    ("outcome", "units", "fresh", "trigger", "expected"),
     [
-        ("success", [], 10, "noop"),
-        ("success", ["app", "serde"], 0, "full"),
-        ("success", ["app"], 0, "edit"),
-        ("success", ["app", "core"], 5, "edit"),
-        ("failure", ["app"], 5, "edit"),
-        ("success", ["app", "serde"], 5, "deps"),
-        ("cancelled", ["app"], 5, None),
+        ("success", [], 10, ["src/lib.rs"], "noop"),
+        ("success", ["app", "serde"], 0, [], "full"),
+        ("success", ["app", "serde"], 0, ["src/main.rs"], "full"),
+        # A crate without dependencies rebuilds all of itself on a save: an edit.
+        ("success", ["app"], 0, ["src/main.rs"], "edit"),
+        # ...but the same from scratch, or after a manifest change, is a full build.
+        ("success", ["app", "core"], 0, [], "full"),
+        ("success", ["app", "core"], 0, ["Cargo.toml"], "full"),
+        ("success", ["app", "core"], 5, ["core/src/lib.rs"], "edit"),
+        ("failure", ["app"], 5, ["src/main.rs"], "edit"),
+        ("success", ["app", "serde"], 5, ["Cargo.lock"], "deps"),
+        ("cancelled", ["app"], 5, ["src/main.rs"], None),
     ],
 )
-def test_build_kinds(outcome: Any, units: list[str], fresh: int, expected: str | None) -> None:
+def test_build_kinds(
+    outcome: Any, units: list[str], fresh: int, trigger: list[str], expected: str | None
+) -> None:
     members = frozenset({"app", "core"})
-    assert kinds.classify(outcome, [record(n) for n in units], fresh, members) == expected
+    found = kinds.classify(outcome, [record(n) for n in units], fresh, members, trigger)
+    assert found == expected

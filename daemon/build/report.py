@@ -10,9 +10,9 @@ split is read only for versions it was checked against; any other version,
 or a report that does not parse, degrades to unit totals (with a logged
 warning), never to a wrong split.
 
-The summary table gives what turns cargo's clock into rbd's: `Build start`
-(wall clock, to the nanosecond, taken with cargo's timer), and what the
-build's cores were: `jobs=N ncpu=M`, and cargo's own fresh/dirty counts.
+The summary table gives `Build start` (wall clock, to the nanosecond, taken once
+the build is planned: later than cargo's timer starts; see timings.offset_s),
+what the build's cores were (`jobs=N ncpu=M`), and cargo's fresh/dirty counts.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ existed, under 2% with it).
 
 The ends. Before cargo's timer started (spawn, resolution, the build lock) and
 after the last unit ended (cargo's report, its exit) is cargo's `overhead`,
-less what rbd saw it wait for a lock; the report's `Build start` (wall clock,
-taken with cargo's timer) places cargo's clock in rbd's. What is left,
+less what rbd saw it wait for a lock; the first unit's `Running` line on
+cargo's output places cargo's clock in rbd's (see offset_s). What is left,
 `other`, is cargo's bookkeeping between units and its 10 ms rounding. The
 parts add up to the wall time; nothing is estimated: a part rbd cannot
 measure is null.
@@ -277,7 +277,8 @@ def phases(path: CriticalPath | None, observed: Observed, offset: float) -> dict
             frontend_s = None if front is None or frontend_s is None else frontend_s + front
     codegen_s = None if frontend_s is None else compile_s - frontend_s
     tail = max(0.0, wall - offset - path.end)
-    overhead_s = max(0.0, offset - lock) + path.idle_before_s + tail
+    # The lock wait falls before the first unit: inside the offset or the idle start.
+    overhead_s = max(0.0, offset + path.idle_before_s + tail - lock)
     measured = overhead_s + lock + path.queue_s + compile_s + build_script_s
     measured += link_s if links_measured else 0.0
     return {
@@ -299,19 +300,26 @@ def _round(value: float | None) -> float | None:
 
 
 def offset_s(report: Report, observed: Observed) -> float:
-    """Seconds from cargo's spawn to its timer's start.
+    """Seconds from cargo's spawn to its timer's start (cargo's clock to rbd's).
 
-    From the report's `Build start` and rbd's spawn, both wall clock; without
-    them, from the first unit rbd saw start on cargo's output (its start in
-    cargo's clock taken off), else 0.
+    cargo's timer starts with the cargo process, not at the report's `Build start`
+    (taken later, once the build is planned: measured 18-21 ms later on a small crate,
+    so that units placed by it ended after cargo had exited). The anchor is the first
+    unit: rbd sees its `Running` line on cargo's output as cargo spawns it, and the
+    report gives its start in cargo's clock (rounded to 10 ms). Without one, `Build
+    start` against rbd's spawn, else 0. Either way the units are kept inside the wall
+    time: the last cannot end after cargo exited.
     """
-    if report.start_ns is not None and observed.spawned_wall_ns:
+    ran = [u for u in report.units if u.ran and not u.failed]
+    first = observed.first_unit_s
+    if first is not None and ran:
+        offset = first - min(u.start for u in ran)
+    elif report.start_ns is not None and observed.spawned_wall_ns:
         offset = (report.start_ns - observed.spawned_wall_ns) / 1e9
     else:
-        ran = [u.start for u in report.units if u.ran and not u.failed]
-        first = observed.first_unit_s
-        offset = first - min(ran) if first is not None and ran else 0.0
-    return min(max(0.0, offset), observed.wall_s)
+        offset = 0.0
+    last_end = max((u.end for u in ran), default=0.0)
+    return min(max(0.0, offset), max(0.0, observed.wall_s - last_end))
 
 
 def add_failed(units: list[UnitTiming], failed: list[FailedUnit], offset: float) -> None:
