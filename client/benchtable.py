@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rbd.client.render import seconds
+from rbd.client.render import sccache_line, seconds
 
 # `import typing` costs ~2 ms of the client's start; mypy honours this name all the same.
 TYPE_CHECKING = False
@@ -48,7 +48,16 @@ def table(report: Mapping[str, Any]) -> str:
         lines += ["", title, *_grid([_cells(r) for r in rows])]
         best = _best(rows)
         if best is not None:
-            lines.append(f"fastest: {best['config']} ({_pct(best['delta_pct'])} {mode})")
+            lines.append(f"fastest: {label(best)} ({_pct(best['delta_pct'])} {mode})")
+        for row in rows:
+            if row.get("sccache"):
+                lines.append(f"{label(row)}: {sccache_line(row['sccache'])} (median run)")
+    if any(r.get("cache") for r in report["results"]):
+        lines += [
+            "",
+            "sccache (cold): every run from an empty cache; (warm): right after a cold run,"
+            " from the cache it filled",
+        ]
     noisy = [r for r in report["results"] if r.get("noisy")]
     if noisy:
         lines += ["", "~ noisy: σ above 10% of the mean; more --runs or a quieter machine help"]
@@ -59,14 +68,19 @@ def table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def label(row: Mapping[str, Any]) -> str:
+    """A row's configuration, with the cache it started from: `sccache (warm)`."""
+    return f"{row['config']} ({row['cache']})" if row.get("cache") else str(row["config"])
+
+
 def _cells(row: BenchResult) -> list[str]:
     if not row["available"] or row["median_s"] is None:
         why = row.get("reason") or "not measured"
-        label = "unavailable" if not row["available"] else "failed"
-        return [row["config"], f"{label}: {why}"]
+        state = "unavailable" if not row["available"] else "failed"
+        return [label(row), f"{state}: {why}"]
     phases: Mapping[str, Any] = row.get("phases") or {}
     return [
-        row["config"],
+        label(row),
         seconds(row["mean_s"]),
         seconds(row["stddev_s"]),
         seconds(row["min_s"]),

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
         BuildSummary,
         Explain,
         Phases,
+        SccacheStats,
         StatusReply,
         Step,
         Trend,
@@ -319,10 +320,13 @@ def history(builds: list[BuildSummary], trends: dict[str, Trend] | None = None) 
     project = f"{'project':{width}}  " if names else ""
     # Run mode: save -> serving (the new server answering), when any build has it.
     serving = any(b.get("app") for b in builds)
+    # sccache's hits of its cacheable calls, when any build has them.
+    cached = any(b.get("sccache") for b in builds)
     header = (
         f"{'id':>6}  {'started':19}  {project}{'outcome':13} {'kind':4} {'wall':>9} {'compile':>7}"
         f" {'front':>6} {'codegen':>7} {'link':>6} {'other':>6}"
         + (f" {'serving':>9}" if serving else "")
+        + (f" {'sccache':>7}" if cached else "")
         + f"  {'err':>3} {'warn':>4}  trigger"
     )
     lines += [""] if lines else []
@@ -340,6 +344,7 @@ def history(builds: list[BuildSummary], trends: dict[str, Trend] | None = None) 
             f"{_short(p.get('codegen_s')):>7}"
             f" {_short(p.get('link_s'))} {_short(p.get('other_s'))}"
             + (f" {_serving(b.get('app')):>9}" if serving else "")
+            + (f" {_hits(b.get('sccache')):>7}" if cached else "")
             + f"  {b.get('errors') or 0:>3} {b.get('warnings') or 0:>4}"
             f"  {shown or f'({NO_TRIGGER})'}"
         )
@@ -365,6 +370,8 @@ def show(build: BuildDetail) -> str:
     ]
     if build.get("rustc_wrapper"):
         lines.append(f"  wrapper   {build['rustc_wrapper']} (your RUSTC_WRAPPER, run by rbd's)")
+    if stats := build.get("sccache"):
+        lines.append(f"  sccache   {sccache_line(stats)}")
     if app := build.get("app"):
         lines.append(
             f"  app       {app.get('bin')} pid {app.get('pid')}: stop {seconds(app.get('stop_s'))}"
@@ -459,6 +466,34 @@ def explanation(explain: Explain, phases: Phases, wall: float | None) -> list[st
     if explain.get("top_path"):
         lines.append(f"  on path   {listed(explain['top_path'])}")
     return lines
+
+
+def sccache_line(stats: SccacheStats) -> str:
+    """12 hits, 3 misses (80%), 5 not cacheable (incremental 4, crate-type 1); Local disk"""
+    hits, misses = stats.get("hits"), stats.get("misses")
+    if hits is not None and misses is not None:
+        text = f"{plural(hits, 'hit')}, {misses} {'miss' if misses == 1 else 'misses'}"
+    else:
+        text = "hits and misses unknown"
+    if stats.get("hit_rate") is not None:
+        text += f" ({stats['hit_rate']:.0%})"
+    if stats.get("not_cacheable"):
+        # sccache's "-" is rustc reading stdin: cargo's probes of the compiler.
+        reasons = ", ".join(
+            f"{'stdin' if k == '-' else k} {v}" for k, v in (stats.get("reasons") or {}).items()
+        )
+        text += f", {stats['not_cacheable']} not cacheable" + (f" ({reasons})" if reasons else "")
+    if stats.get("errors"):
+        text += f", {plural(stats['errors'] or 0, 'cache error')}"
+    return text + (f"; {stats['location']}" if stats.get("location") else "")
+
+
+def _hits(stats: SccacheStats | None) -> str:
+    # Hits of the cacheable calls: "3/4"; "–" when none was cacheable or not known.
+    if not stats or stats.get("hits") is None or stats.get("misses") is None:
+        return "–"
+    hits, misses = stats["hits"] or 0, stats["misses"] or 0
+    return f"{hits}/{hits + misses}" if hits + misses else "–"
 
 
 def _serving(app: AppRun | None) -> str:

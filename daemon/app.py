@@ -21,6 +21,7 @@ from rbd.daemon.bench.job import Benches
 from rbd.daemon.build import procs
 from rbd.daemon.build.shim import Shims
 from rbd.daemon.errors import DaemonError, StoreError
+from rbd.daemon.export.exporters import Exporters
 from rbd.daemon.projects.registry import Registry
 from rbd.daemon.rpc.events import EventHub
 from rbd.daemon.rpc.server import Server
@@ -105,8 +106,14 @@ class Daemon:
         os.chmod(socket_path, 0o600)
         async with anyio.create_task_group() as tg:
             await tg.start(procs.take_charge, paths.store_path())
+            exporters = Exporters(self.hub, tg)
             registry = Registry(
-                self.store, self.hub, tg, self.shims, Path(paths.state_dir()) / "apps"
+                self.store,
+                self.hub,
+                tg,
+                self.shims,
+                Path(paths.state_dir()) / "apps",
+                on_change=lambda: exporters.follow(registry.projects),
             )
             benches = Benches(registry, self.store, self.hub, self.shims)
             await tg.start(benches.run)
@@ -127,6 +134,8 @@ class Daemon:
             tg.start_soon(self._serve, listener, Server(services, self.tunables))
             await self._shutdown.wait()
             log.info("daemon_stopping", projects=len(registry.projects))
+            # Projects stopped now are still exported where they were, not dropped.
+            exporters.closing = True
             with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE_S):
                 for key in list(registry.projects):
                     await registry.stop(key, forget=False)
@@ -134,5 +143,6 @@ class Daemon:
                     await self.store.flush()
                 except StoreError as exc:
                     log.error("builds_lost", count=len(self.store.unsaved), error=str(exc))
+            await exporters.close()
             tg.cancel_scope.cancel()
         log.info("daemon_stopped")

@@ -342,4 +342,5 @@ def test_names() -> None:
         "no-debuginfo",
         "deps-opt",
         "cranelift",
+        "sccache",
     )

@@ -35,8 +35,9 @@ async def context(store: AsyncStore, root: str, env: dict[str, str]) -> rules.Co
 async def suggestions(store: AsyncStore, root: str, env: dict[str, str]) -> SuggestReply:
     """The `suggest` reply for a watched project. Raises StoreError."""
     ctx = await context(store, root, env)
-    found, hint = rules.suggest(ctx)
     bench = await store.call(store.sync.latest_bench, root)
+    ctx.bench = bench
+    found, hint = rules.suggest(ctx)
     found, withdrawn = evidence.cite(found, bench)
     return {
         "project": root,

@@ -49,6 +49,9 @@ class Context:
     units: Mapping[int, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
     # The workspace root: a profile value's source is a file in it, or elsewhere.
     root: str = ""
+    # The project's latest `rbd bench` report (schema.BenchReport, maybe an older rbd's),
+    # for the rules that argue from what it measured; most leave it to evidence.cite.
+    bench: Mapping[str, Any] | None = None
 
     @property
     def incremental(self) -> list[Mapping[str, Any]]:
@@ -478,20 +481,100 @@ def split_crate(ctx: Context) -> Suggestion | None:
     return None
 
 
+def _bench_rows(bench: Mapping[str, Any]) -> dict[tuple[Any, Any, Any], Mapping[str, Any]]:
+    """A bench's measured rows by (config, mode, cache)."""
+    return {
+        (r.get("config"), r.get("mode"), r.get("cache")): r
+        for r in bench.get("results") or []
+        if isinstance(r, Mapping) and r.get("median_s") is not None
+    }
+
+
+def _count(stats: Sequence[Mapping[str, Any]], key: str) -> int:
+    return sum(int(s.get(key) or 0) for s in stats)
+
+
 def sccache(ctx: Context) -> Suggestion | None:
-    wrapper = ctx.env.get("rustc_wrapper") or ""
-    if PurePath(str(wrapper)).name != "sccache" or not ctx.incremental:
+    """sccache caches what rustc compiles without incremental compilation: dependencies
+    (clean builds, Cargo.lock updates), never the workspace crates an edit rebuilds,
+    which cargo compiles incrementally. Two findings, from two measurements: with
+    RUSTC_WRAPPER=sccache, edit rebuilds whose recorded counts (daemon.build.sccache)
+    show no hit pay its per-call cost for nothing; without it, a bench whose warm-cache
+    clean build beat the baseline by more than the runs' spread says what it would save
+    where dependencies are compiled afresh."""
+    wrapper = str(ctx.env.get("rustc_wrapper") or "")
+    bench = ctx.bench or {}
+    rows = _bench_rows(bench)
+    cold, warm = rows.get(("sccache", "clean", "cold")), rows.get(("sccache", "clean", "warm"))
+    base = rows.get((str(bench.get("baseline") or "default"), "clean", None))
+    cited = f"rbd bench #{bench.get('id', '?')} ({str(bench.get('finished_at') or '')[:10]})"
+    if PurePath(wrapper).name.startswith("sccache"):
+        if not ctx.incremental:
+            return None
+        counted = [b["sccache"] for b in ctx.incremental if b.get("sccache")]
+        if counted and _count(counted, "hits"):
+            return None  # edit rebuilds here do get hits: sccache earns its cost
+        median = secs(ctx.median("wall_s") or 0)
+        if counted:
+            found = (
+                f"the last {len(counted)} edit rebuilds (median {median}) made "
+                f"{_count(counted, 'compile_requests')} calls through it and got no hit "
+                f"({_count(counted, 'not_cacheable')} not cacheable, "
+                f"{_count(counted, 'misses')} missed): an edit rebuilds workspace crates, "
+                "compiled incrementally, which sccache does not cache"
+            )
+        else:
+            found = (
+                "sccache cannot cache incrementally compiled workspace crates, which is all "
+                f"an edit rebuilds (median rebuild {median})"
+            )
+        tradeoffs = "clean builds of dependencies are no longer shared through the cache"
+        if cold and warm:
+            tradeoffs += (
+                f" ({cited}: a clean build took {secs(float(warm['median_s']))} from a warm "
+                f"cache, {secs(float(cold['median_s']))} from an empty one)"
+            )
+        return suggestion(
+            "sccache",
+            "Leave sccache out of the edit-rebuild loop",
+            f"RUSTC_WRAPPER is {wrapper}; {found}",
+            {
+                "file": "environment",
+                "manual": "start rbd with RUSTC_WRAPPER= (keep sccache for CI)",
+            },
+            min(ctx.median("overhead_s") or 0.0, 0.05),
+            "sccache's per-invocation cost, at most 50 ms",
+            tradeoffs,
+            source="measured" if counted else "estimate",
+        )
+    if not (cold and warm and base):
         return None
-    overhead = ctx.median("overhead_s") or 0.0
+    gain = float(base["median_s"]) - float(warm["median_s"])
+    spread = max(float(base.get("stddev_s") or 0.0), float(warm.get("stddev_s") or 0.0))
+    if gain <= spread:
+        return None
+    edit = rows.get(("sccache", "incremental", None))
+    edit_base = rows.get((base.get("config"), "incremental", None))
+    on_edits = ""
+    if edit and edit_base:
+        cost = float(edit["median_s"]) - float(edit_base["median_s"])
+        on_edits = f"; an edit rebuild took {cost * 1000:+.0f} ms with it (nothing to cache)"
     return suggestion(
         "sccache",
-        "Leave sccache out of the edit-rebuild loop",
-        f"RUSTC_WRAPPER is {wrapper}; sccache cannot cache incrementally compiled workspace "
-        f"crates, which is all an edit rebuilds (median rebuild {secs(ctx.median('wall_s') or 0)})",
-        {"file": "environment", "manual": "start rbd with RUSTC_WRAPPER= (keep sccache for CI)"},
-        min(overhead, 0.05),
-        "sccache's per-invocation cost, at most 50 ms",
-        "clean builds of dependencies are no longer shared through the cache",
+        "Use sccache where dependencies are compiled afresh, not in the edit loop",
+        f"{cited}: a clean build took {secs(float(warm['median_s']))} with a warm sccache "
+        f"({secs(float(cold['median_s']))} from an empty cache) against "
+        f"{secs(float(base['median_s']))} without{on_edits}",
+        {
+            "file": "environment",
+            "manual": "RUSTC_WRAPPER=sccache for CI, fresh checkouts and dependency updates, "
+            "with a shared cache for a team (README: For teams)",
+        },
+        0.0,
+        f"no effect on an edit rebuild; a clean or dependency build saves {secs(gain)} "
+        f"(measured over {bench.get('runs')} runs)",
+        "sccache's per-call cost on every rustc call; a cache to keep (local disk or shared)",
+        source="measured",
     )
 
 

@@ -11,6 +11,13 @@ recompiles.
 Wall times are cargo's own (spawn to exit) and the phase split is rbd's usual
 measurement (daemon.build.timings, link times from the shim), so a bench's numbers and a
 watched build's numbers mean the same thing.
+
+A configuration with sccache is two series in clean mode, each its own row: `cold`, every
+run from an empty cache, and `warm`, every run right after a cold one, from the cache it
+filled (daemon.bench.cache). A cache's state is what a clean build with sccache depends
+on, and one row of both would average a first build with later ones. They are
+interleaved like the others (cold, then warm, in each round); in incremental mode sccache
+is one series, whose edits rebuild only what sccache cannot cache.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import statistics
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import structlog
@@ -28,6 +35,7 @@ import structlog
 from rbd.contract import protocol
 from rbd.contract.schema import BenchProgress, BenchReport, BenchResult, BenchStarted
 from rbd.daemon.bench import source
+from rbd.daemon.bench.cache import BenchCache
 from rbd.daemon.build import cargo_config, configurations
 from rbd.daemon.build.builder import Build
 from rbd.daemon.build.records import BuildResult, phases_of
@@ -72,6 +80,8 @@ class Series:
 
     config: configurations.BuildConfig
     mode: str
+    # For sccache in clean mode: "cold" or "warm" (see the module's docstring).
+    cache: Literal["cold", "warm"] | None = None
     walls: list[float] = dataclasses.field(default_factory=list)
     results: list[BuildResult] = dataclasses.field(default_factory=list)
     failure: str | None = None
@@ -124,7 +134,7 @@ class Bench:
         )
         rounds = self.options.warmup + self.options.runs
         per_mode = {"clean": rounds, "incremental": rounds + 1}  # +1: the priming build
-        self.total = sum(per_mode[m] for m in self.options.modes) * len(runnable)
+        self.total = sum(per_mode[m] * len(_series(runnable, m)) for m in self.options.modes)
         files = await anyio.to_thread.run_sync(
             source.copy_workspace, root, workspace.target_dir, copy
         )
@@ -146,16 +156,32 @@ class Bench:
             }
         )
         shim = await self.shims.get(self.env)
-        wrapper = await anyio.to_thread.run_sync(cargo_config.rustc_wrapper, root, self.env)
-        runner = _Runner(self, base, copy, project_settings.timeout_s, shim, wrapper)
+        # Each configuration's rustc wrapper: the user's, or sccache for one with it.
+        wrappers = {
+            c.name: await anyio.to_thread.run_sync(
+                cargo_config.rustc_wrapper, root, c.apply_env(self.env)
+            )
+            for c in runnable
+        }
+        cached = [c for c in runnable if configurations.uses_sccache(c)]
+        cache = None
+        if cached and wrappers[cached[0].name] is not None:
+            # Beside the configurations' target dirs, which `cargo clean` empties.
+            cache = BenchCache(bench_dir / "sccache-cache", str(wrappers[cached[0].name]))
+        runner = _Runner(self, base, copy, project_settings.timeout_s, shim, wrappers, cache)
         series: list[Series] = []
         edited = copy / (edit_file or "")
-        for mode in self.options.modes:
-            mode_series = [Series(c, mode) for c in runnable]
-            if mode == "incremental":
-                edit = await runner.prime(mode_series, edited, original, edit)
-            await runner.rounds(mode_series, rounds, edited, original, edit)
-            series += mode_series
+        try:
+            for mode in self.options.modes:
+                mode_series = _series(runnable, mode)
+                if mode == "incremental":
+                    edit = await runner.prime(mode_series, edited, original, edit)
+                await runner.rounds(mode_series, rounds, edited, original, edit)
+                series += mode_series
+        finally:
+            if cache is not None:
+                with anyio.CancelScope(shield=True):
+                    await cache.close()
         return {
             "project": str(root),
             "runs": self.options.runs,
@@ -190,6 +216,18 @@ class Bench:
         )
 
 
+def _series(runnable: list[configurations.BuildConfig], mode: str) -> list[Series]:
+    """The series of one mode: one per configuration, two (cold, warm) for one with
+    sccache in clean mode."""
+    found = []
+    for config in runnable:
+        if mode == "clean" and configurations.uses_sccache(config):
+            found += [Series(config, mode, "cold"), Series(config, mode, "warm")]
+        else:
+            found.append(Series(config, mode))
+    return found
+
+
 class _Runner:
     """Runs the builds of one bench, interleaved."""
 
@@ -200,14 +238,16 @@ class _Runner:
         copy: Path,
         timeout_s: float,
         shim: Shim | None,
-        wrapper: str | None,
+        wrappers: dict[str, str | None],
+        cache: BenchCache | None,
     ) -> None:
         self.bench = bench
         self.base = base
         self.copy = copy
         self.timeout_s = timeout_s
         self.shim = shim
-        self.wrapper = wrapper
+        self.wrappers = wrappers
+        self.cache = cache
         self.edits = 0
 
     async def prime(
@@ -241,6 +281,8 @@ class _Runner:
                     continue
                 if s.mode == "clean":
                     await self.clean(s.config)
+                    if s.cache == "cold" and self.cache is not None:
+                        await self.cache.cold(s.config.apply_env(self.bench.env))
                 else:
                     self._write(path, original, edit)
                 result = await self.build(s)
@@ -263,11 +305,16 @@ class _Runner:
     async def clean(self, config: configurations.BuildConfig) -> None:
         assert config.target_dir is not None
         argv = [self.base[0], "clean", "--target-dir", str(config.target_dir)]
+        env = config.apply_env(self.bench.env)
+        if configurations.uses_sccache(config):
+            # cargo clean asks rustc about the target through the wrapper: an sccache
+            # client would start a server of its own, on the user's port. "": none.
+            env["RUSTC_WRAPPER"] = ""
         with anyio.fail_after(CLEAN_TIMEOUT_S):
             done = await anyio.run_process(
                 argv,
                 cwd=self.copy,
-                env=config.apply_env(self.bench.env),
+                env=env,
                 check=False,
                 stdin=subprocess.DEVNULL,
             )
@@ -276,14 +323,18 @@ class _Runner:
 
     async def build(self, s: Series) -> BuildResult:
         argv = s.config.argv(self.base)
+        env = s.config.apply_env(self.bench.env)
+        if self.cache is not None and configurations.uses_sccache(s.config):
+            await self.cache.ready(env)
+            env = self.cache.env(env)
         build = Build(
             argv,
             self.copy,
-            s.config.apply_env(self.bench.env),
+            env,
             self.timeout_s,
             lambda event: None,  # a bench's builds are not the project's builds
             shim=self.shim,
-            user_wrapper=self.wrapper,
+            user_wrapper=self.wrappers.get(s.config.name),
         )
         try:
             return await build.run()
@@ -298,6 +349,20 @@ def _baseline(chosen: list[configurations.BuildConfig]) -> str:
     return "default" if "default" in names else (names[0] if names else "default")
 
 
+def _rows(
+    chosen: list[configurations.BuildConfig], mode: str
+) -> list[tuple[configurations.BuildConfig, Literal["cold", "warm"] | None]]:
+    """The result rows of a mode, in the order the configurations were named (one for a
+    configuration this machine lacks)."""
+    rows: list[tuple[configurations.BuildConfig, Literal["cold", "warm"] | None]] = []
+    for config in chosen:
+        if mode == "clean" and config.available and configurations.uses_sccache(config):
+            rows += [(config, "cold"), (config, "warm")]
+        else:
+            rows.append((config, None))
+    return rows
+
+
 def _median_run(s: Series) -> BuildResult:
     order = sorted(range(len(s.walls)), key=lambda i: s.walls[i])
     return s.results[order[(len(order) - 1) // 2]]
@@ -307,13 +372,13 @@ def _results(
     chosen: list[configurations.BuildConfig], series: list[Series], modes: tuple[str, ...]
 ) -> list[BenchResult]:
     baseline = _baseline(chosen)
-    by_key = {(s.config.name, s.mode): s for s in series}
+    by_key = {(s.config.name, s.mode, s.cache): s for s in series}
     out: list[BenchResult] = []
     for mode in modes:
-        base = by_key.get((baseline, mode))
+        base = by_key.get((baseline, mode, None))
         base_median = statistics.median(base.walls) if base and base.walls else None
-        for config in chosen:
-            s = by_key.get((config.name, mode))
+        for config, cache in _rows(chosen, mode):
+            s = by_key.get((config.name, mode, cache))
             row: BenchResult = {
                 "config": config.name,
                 "mode": mode,
@@ -328,6 +393,8 @@ def _results(
                 "noisy": None,
                 "phases": None,
                 "runs_s": [],
+                "cache": cache,
+                "sccache": None,
             }
             if s is not None and s.walls and s.failure is None:
                 mean = statistics.fmean(s.walls)
@@ -339,6 +406,7 @@ def _results(
                 row["median_s"] = round(median, 4)
                 row["noisy"] = mean > 0 and stddev / mean > NOISY
                 row["phases"] = phases_of(_median_run(s).phases)
+                row["sccache"] = _median_run(s).sccache
                 row["runs_s"] = [round(w, 4) for w in s.walls]
                 if base_median:
                     row["delta_s"] = round(median - base_median, 4)

@@ -28,7 +28,7 @@ from anyio.abc import ByteReceiveStream
 
 from rbd.contract import protocol
 from rbd.contract.schema import BuildCounts
-from rbd.daemon.build import kinds, linker, procs, rootguard, sccache, timings
+from rbd.daemon.build import linker, procs, rootguard, sccache, timings
 from rbd.daemon.build.records import BuildResult, UnitRecord
 from rbd.daemon.build.shim import Shim, read_links
 
@@ -92,10 +92,11 @@ class Build:
         on_success: Callable[[Build], anyio.Event | None] | None = None,
         shim: Shim | None = None,
         user_wrapper: str | None = None,
-        members: frozenset[str] | None = None,
     ) -> None:
         self.argv = argv
         self.cwd = cwd
+        # As given: what the CARGO_TERM_* variables below were (see sccache.TERM_CONFIG).
+        self._given_env = env
         self.env = {
             **env,
             "CARGO_TERM_PROGRESS_WHEN": "always",
@@ -116,6 +117,8 @@ class Build:
         self._cancelled = False
         self._started: dict[str, float] = {}
         self.spawned_wall_ns = 0
+        # Wall clock (ns) once cargo exited; 0 while it runs.
+        self.exited_wall_ns = 0
         # (start, end) mtimes, in ns, of each build script run of this build.
         self._script_runs: list[tuple[int, int]] = []
         # Build scripts cargo said it runs (`Running` line) and has not reported done:
@@ -131,8 +134,6 @@ class Build:
         # it may return is awaited (at most HOLD_FOR_RESTART_S) before them.
         self._on_success = on_success
         self._dirty: dict[str, str] = {}
-        # The workspace members' package names (what an edit rebuild rebuilds).
-        self._members = members
         # Units cargo started, by (crate name or package, crate type), with when rbd saw
         # them start; the ones that failed; the kind each artifact gave.
         self._running: dict[tuple[str, str], float] = {}
@@ -193,7 +194,9 @@ class Build:
         except OSError:
             return False
         if Path(relative).name == "Cargo.lock":
-            return mtime >= self.spawned_wall_ns - MTIME_SLACK_NS
+            # Written by cargo while it ran: a `cargo update` after it exited is the user's.
+            ended = self.exited_wall_ns or mtime
+            return self.spawned_wall_ns - MTIME_SLACK_NS <= mtime <= ended + MTIME_SLACK_NS
         if any(
             start - MTIME_SLACK_NS <= mtime <= end + MTIME_SLACK_NS
             for start, end in self._script_runs
@@ -213,10 +216,13 @@ class Build:
         # root that moved away mid-build (see rootguard).
         before = rootguard.lineage(self.cwd)
         wrapper = self.result.rustc_wrapper
+        counter = None
         if wrapper is not None and sccache.is_sccache(wrapper):
             await sccache.ensure_server(wrapper, self.env)
+            self.argv, env = sccache.with_term_config(self.argv, env, self._given_env)
+            counter = sccache.Counter(wrapper, self.env)
         try:
-            result = await self._run(env)
+            result = await self._run(env, counter)
             if self.spawned_wall_ns and rootguard.identity(self.cwd) != before[0][1]:
                 await anyio.to_thread.run_sync(
                     rootguard.remove_recreated, before, self.spawned_wall_ns
@@ -226,7 +232,7 @@ class Build:
             if self._timing_dir is not None:
                 shutil.rmtree(self._timing_dir, ignore_errors=True)
 
-    async def _run(self, env: dict[str, str]) -> BuildResult:
+    async def _run(self, env: dict[str, str], counter: sccache.Counter | None) -> BuildResult:
         result = self.result
         self.spawned_at = time.monotonic()
         self.spawned_wall_ns = time.time_ns()
@@ -257,9 +263,13 @@ class Build:
         assert process.stdout is not None and process.stderr is not None
         with anyio.move_on_after(self.timeout_s) as scope:
             async with anyio.create_task_group() as tg:
+                if counter is not None:
+                    # Once cargo runs, off the way from a save to it (see sccache).
+                    tg.start_soon(counter.before, lambda: self._first_unit is not None)
                 tg.start_soon(self._read_lines, process.stdout, b"\n", self._on_stdout)
                 tg.start_soon(self._read_lines, process.stderr, b"\r\n", self._on_stderr)
             await process.wait()
+        self.exited_wall_ns = time.time_ns()
         if scope.cancelled_caught:
             timed_out = True
         # A build that ran to its end took until cargo exited: the sweep below is rbd's
@@ -303,9 +313,18 @@ class Build:
                 )
         if result.outcome == "failure" and not result.diagnostics:
             result.diagnostics = "\n".join(self._stderr)
-        if result.outcome in ("success", "failure"):
+        if counter is not None:
+            # Its stats read beside the analysis, which waits on a thread.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._count, counter)
+                if result.outcome in ("success", "failure"):
+                    await anyio.to_thread.run_sync(self._analyze)
+        elif result.outcome in ("success", "failure"):
             await anyio.to_thread.run_sync(self._analyze)
         return result
+
+    async def _count(self, counter: sccache.Counter) -> None:
+        self.result.sccache = await counter.after()
 
     def _analyze(self) -> None:
         """After cargo exited: the timings report, and which linker linked."""
@@ -321,9 +340,6 @@ class Build:
             artifact_kinds=self._artifact_kinds,
         )
         timings.apply_report(result, self._report, self.cargo_version, observed)
-        result.kind = kinds.classify(
-            result.outcome, result.units, result.units_fresh, self._members
-        )
         for executable in reversed(self._executables):
             found = linker.identify(executable)
             if found != "unknown":

@@ -31,6 +31,11 @@ Measured with rustc/cargo 1.95 on x86_64-unknown-linux-gnu (gcc 12 as linker dri
   cargo refuses it ("requires the Cargo feature called `codegen-backend`"). Without the
   rustc-codegen-cranelift-preview component rustc fails with "failed to find a
   `codegen-backends` folder": it was never run to completion here.
+- sccache: the same build with RUSTC_WRAPPER=sccache (the user's own sccache when their
+  wrapper is one, which may have a shared backend, else the one on PATH). RUSTC_WRAPPER
+  is not part of cargo's fingerprints, so it could share the user's target dir, but
+  builds there would be fresh: it gets its own like the others. In `rbd bench` its
+  clean builds are measured cold and warm (daemon.bench.cache).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rbd.daemon.advice import probe
-from rbd.daemon.build import cargo_config
+from rbd.daemon.build import cargo_config, sccache
 from rbd.daemon.errors import ConfigError, Unavailable
 
 NAMES: tuple[str, ...] = (
@@ -54,6 +59,7 @@ NAMES: tuple[str, ...] = (
     "no-debuginfo",
     "deps-opt",
     "cranelift",
+    "sccache",
 )
 # The program gcc's -fuse-ld=<name> runs, and how to get it.
 LINKERS = {
@@ -68,6 +74,9 @@ CRANELIFT_HINT = (
     "cranelift needs a nightly toolchain with the rustc-codegen-cranelift-preview component: "
     "rustup toolchain install nightly && "
     "rustup component add rustc-codegen-cranelift-preview --toolchain nightly"
+)
+SCCACHE_HINT = (
+    "sccache is not installed: apt-get install sccache, or cargo install --locked sccache"
 )
 # The one target where rust-lld is the default and opting out of it is stable.
 RUST_LLD_HOST = "x86_64-unknown-linux-gnu"
@@ -153,6 +162,20 @@ def parse(name: str) -> tuple[str, ...]:
         if len(chosen) > 1:
             raise ConfigError(f"{name}: at most one {kind} choice ({' or '.join(chosen)})")
     return tuple(sorted(parts, key=NAMES.index))
+
+
+def sccache_program(root: Path, env: dict[str, str]) -> str | None:
+    """The sccache a configuration with sccache runs: the user's rustc wrapper when it
+    is sccache, else the one on env's PATH; None when there is none."""
+    wrapper = cargo_config.rustc_wrapper(root, env)
+    if wrapper is not None and sccache.is_sccache(wrapper):
+        return wrapper
+    return shutil.which("sccache", path=env.get("PATH", os.defpath))
+
+
+def uses_sccache(config: BuildConfig) -> bool:
+    """Whether the configuration is or includes `sccache`."""
+    return "sccache" in config.name.split("+")
 
 
 def _env_words(value: str) -> list[str]:
@@ -263,6 +286,13 @@ def resolve(
             args += ["--config", f"profile.dev.debug={DEBUGINFO[part]}"]
         elif part == "deps-opt":
             args += ["--config", DEPS_OPT]
+        elif part == "sccache":
+            wrapper = sccache_program(root, env)
+            if wrapper is None:
+                reasons.append(SCCACHE_HINT)
+            else:
+                # Last in NAMES: what a linker part set above is kept.
+                variables = {**variables, "RUSTC_WRAPPER": wrapper}
         elif part == "cranelift":
             if nightly_cranelift is None:
                 reasons.append(CRANELIFT_HINT)

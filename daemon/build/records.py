@@ -14,6 +14,7 @@ from rbd.contract.schema import (
     Explain,
     Outcome,
     Phases,
+    SccacheStats,
     Unit,
 )
 
@@ -103,6 +104,8 @@ class BuildResult:
     explain: Explain | None = None
     # What it ran with (toolchain, lockfile, profile...), set before cargo runs.
     conditions: Conditions | None = None
+    # What sccache counted in it, when it is the rustc wrapper (see daemon.build.sccache).
+    sccache: SccacheStats | None = None
 
     @property
     def linker(self) -> str | None:
@@ -146,6 +149,7 @@ def summary(
     rustc_wrapper: str | None = None,
     app: AppRun | None = None,
     kind: BuildKind | None = None,
+    sccache: SccacheStats | None = None,
 ) -> BuildSummary:
     """A build summary in the shape `history --json` prints (one place builds it)."""
     return {
@@ -167,6 +171,7 @@ def summary(
         "phases": phases_of(phases),
         "app": app,
         "kind": kind,
+        "sccache": sccache,
     }
 
 
@@ -208,4 +213,5 @@ def finished_summary(
         phases=result.phases,
         rustc_wrapper=result.rustc_wrapper,
         kind=result.kind,
+        sccache=result.sccache,
     )

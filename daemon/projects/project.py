@@ -24,7 +24,7 @@ from rbd.contract.schema import (
     ProjectStatus,
     State,
 )
-from rbd.daemon.build import cargo_config
+from rbd.daemon.build import cargo_config, kinds
 from rbd.daemon.build.builder import Build
 from rbd.daemon.build.configurations import BuildConfig
 from rbd.daemon.build.records import BuildHeader, BuildResult
@@ -261,7 +261,7 @@ class Project:
         argv = build_config.argv(self.config.argv())
         shim = await self.shims.get(self.env)
         user_wrapper = await anyio.to_thread.run_sync(
-            cargo_config.rustc_wrapper, self.root, self.env
+            cargo_config.rustc_wrapper, self.root, build_config.apply_env(self.env)
         )
         header = BuildHeader(self.key, now_iso(), tuple(trigger), tuple(argv), build_config.name)
         recording = await recorder.begin(self.store, self.hub, header)
@@ -279,7 +279,6 @@ class Project:
             ),
             shim=shim,
             user_wrapper=user_wrapper,
-            members=self.workspace.members,
         )
         self.current = recording
         self._build = build
@@ -293,6 +292,13 @@ class Project:
                 tg.start_soon(recording.process_group, build)
                 tg.start_soon(gathering.run, build.spawned)
                 result = await build.run()
+                result.kind = kinds.classify(
+                    result.outcome,
+                    result.units,
+                    result.units_fresh,
+                    self.workspace.members,
+                    trigger,
+                )
                 result.conditions = await gathering.finish()
                 tg.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():

@@ -6,6 +6,7 @@ started with, so that a restarted daemon (systemd, launchd, a crash) watches the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ class Registry:
         tg: anyio.abc.TaskGroup,
         shims: Shims,
         apps_dir: Path,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -68,6 +70,9 @@ class Registry:
         self.apps_dir = apps_dir
         self._tg = tg
         self.projects: dict[str, Project] = {}
+        # Called once a project is started, re-configured or stopped (the daemon's
+        # exporters follow which projects name what).
+        self._on_change = on_change or (lambda: None)
 
     def find(self, path: str | None) -> Project | None:
         """The watched project containing path (the innermost if nested)."""
@@ -111,6 +116,7 @@ class Registry:
             # Watched already: the next build uses the new environment and
             # settings; the watch and any running build carry on.
             existing.update(env, overrides, config, build_config, run, listeners)
+            self._on_change()
             await self._persist(key, env, overrides, persist)
             return existing, True
         project = Project(
@@ -130,6 +136,8 @@ class Registry:
         except StoreError:
             pass
         self.projects[key] = project
+        # Before its first build can end.
+        self._on_change()
         await self._tg.start(project.run)
         await self._persist(key, env, overrides, persist)
         log.info("project_started", root=key, command=config.argv())
@@ -164,6 +172,7 @@ class Registry:
         if project is None:
             raise NotWatched(f"{key} is not watched by rbd")
         project.stop()
+        self._on_change()
         await project.stopped.wait()
         if forget:
             try:

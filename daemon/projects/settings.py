@@ -9,6 +9,7 @@ typo must not silently build the wrong thing.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from dataclasses import asdict, dataclass, replace
@@ -45,6 +46,7 @@ ENV_KEYS = {
     "RBD_READY_PATTERN": "ready_pattern",
     "RBD_READY_TIMEOUT_S": "ready_timeout_s",
     "RBD_STOP_TIMEOUT_S": "stop_timeout_s",
+    "RBD_METRICS_TEXTFILE": "metrics_textfile",
 }
 # Run mode's settings (daemon.serve): the app rbd starts after each successful build.
 RUN_KEYS = (
@@ -83,6 +85,9 @@ class ProjectConfig:
     ready_timeout_s: float = 30.0
     # SIGTERM to the app's process group, then SIGKILL after this long.
     stop_timeout_s: float = 5.0
+    # node_exporter's textfile collector: the `.prom` file rbd rewrites after each build
+    # (daemon.export.metrics); None: no metrics are written, and nothing is started.
+    metrics_textfile: str | None = None
 
     @property
     def runs(self) -> bool:
@@ -141,6 +146,8 @@ def _validated(values: dict[str, Any], source: str) -> dict[str, Any]:
                 raise ConfigError(f"{source}: {exc}") from None
         elif key in RUN_KEYS:
             out[key] = _run_value(key, value, source)
+        elif key == "metrics_textfile":
+            out[key] = _metrics_textfile(value, source)
         else:
             raise ConfigError(f"{source}: unknown setting {key!r}")
     return out
@@ -206,6 +213,25 @@ def _run_value(key: str, value: Any, source: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
         raise ConfigError(f"{source}: {key} must be a number of seconds, 0 < {key} <= 3600")
     return float(value)
+
+
+def _metrics_textfile(value: Any, source: str) -> str | None:
+    """The metrics file, normalized (two spellings of one path share one file); raises
+    ConfigError. Only its name is checked: a directory that is missing or unwritable now
+    may not be later (a mount, a permission granted), and the exporter says so in the log
+    rather than refuse to watch the project."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise ConfigError(f"{source}: metrics_textfile must be an absolute path (got {value!r})")
+    path = os.path.normpath(value)
+    if not path.endswith(".prom") or path.endswith("/.prom"):
+        # node_exporter's textfile collector reads only *.prom files.
+        raise ConfigError(
+            f"{source}: metrics_textfile must name a .prom file, the only ones"
+            f" node_exporter's textfile collector reads (got {value!r})"
+        )
+    return path
 
 
 def _checked(config: ProjectConfig) -> ProjectConfig:

@@ -28,6 +28,7 @@ from rbd.contract.schema import (
     BuildSummary,
     Conditions,
     Explain,
+    SccacheStats,
     Unit,
 )
 from rbd.daemon.build.records import BuildHeader, BuildResult, UnitRecord, summary
@@ -142,6 +143,10 @@ MIGRATIONS: list[str] = [
         packages TEXT NOT NULL
     );
     """,
+    # 8: what sccache counted in a build (schema.SccacheStats, as JSON).
+    """
+    ALTER TABLE builds ADD COLUMN sccache TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -175,7 +180,7 @@ JOURNAL_SUFFIXES = ("-wal", "-shm", "-journal")
 
 _SUMMARY_COLUMNS = (
     "id, project, started_at, trigger, command, config, outcome, wall_s, settle_s, errors, "
-    "warnings, units_rebuilt, units_fresh, linker, rustc_wrapper, app, kind, "
+    "warnings, units_rebuilt, units_fresh, linker, rustc_wrapper, app, kind, sccache, "
     + ", ".join(PHASE_KEYS)
 )
 
@@ -545,7 +550,7 @@ def _write_result(db: sqlite3.Connection, build_id: int, result: BuildResult) ->
     db.execute(
         "UPDATE builds SET outcome = ?, wall_s = ?, settle_s = ?, errors = ?, warnings = ?,"
         " units_rebuilt = ?, units_fresh = ?, linker = ?, rustc_wrapper = ?,"
-        " first_error = ?, diagnostics = ?, kind = ?, explain = ?, conditions = ?,"
+        " first_error = ?, diagnostics = ?, kind = ?, explain = ?, conditions = ?, sccache = ?,"
         " pgid = NULL, pg_start = NULL, "
         + ", ".join(f"{key} = ?" for key in PHASE_KEYS)
         + " WHERE id = ?",
@@ -564,6 +569,7 @@ def _write_result(db: sqlite3.Connection, build_id: int, result: BuildResult) ->
             result.kind,
             None if result.explain is None else json.dumps(result.explain),
             None if result.conditions is None else json.dumps(result.conditions),
+            None if result.sccache is None else json.dumps(result.sccache),
             *phases,
             build_id,
         ),
@@ -598,6 +604,7 @@ def _summary(row: sqlite3.Row) -> BuildSummary:
         rustc_wrapper=row["rustc_wrapper"],
         app=_app(row["app"]),
         kind=row["kind"] if row["kind"] in BUILD_KINDS else None,
+        sccache=cast("SccacheStats | None", _json_object(row["sccache"])),
     )
 
 

@@ -1,0 +1,1 @@
+"""Exporting builds to a team's observability stack: Prometheus, OpenTelemetry."""
