@@ -9,7 +9,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
+from rbd.contract.schema import BuildSummary
+from rbd.daemon.advice import advisor
+from rbd.daemon.store.sqlite import TuneRecord
 from tests.conftest import WAIT_S, Rbd, make_crate
 from tests.test_projects import started
 
@@ -177,3 +181,41 @@ def test_two_tunes_at_once_are_recorded_in_the_order_they_wrote(rbd: Rbd, tmp_pa
     assert "reverted tune #2" in rbd.ok("tune", "revert", cwd=crate)
     assert "reverted tune #1" in rbd.ok("tune", "revert", cwd=crate)
     assert (crate / "Cargo.toml").read_bytes() == manifest.encode()
+
+
+def test_after_a_tune_suggest_argues_from_the_builds_made_since(rbd: Rbd, tmp_path: Path) -> None:
+    crate = rebuilt_three_times(rbd, tmp_path)
+    events = rbd.events()
+    rbd.ok("tune", "apply", "debuginfo-line-tables", cwd=crate)
+    assert events.finished()["outcome"] == "success"  # the manifest change's rebuild
+    # Too few builds since: the old ones are still used, and said to predate the tune.
+    stale = json.loads(rbd.ok("suggest", "--json", cwd=crate))
+    assert "predates tune #1" in (stale["hint"] or "")
+    assert stale["builds_considered"] >= 3
+    for i in range(3):
+        (crate / "src" / "main.rs").write_text(f'fn main() {{ println!("tuned {i}"); }}\n')
+        assert events.finished()["outcome"] == "success"
+    fresh = json.loads(rbd.ok("suggest", "--json", cwd=crate))
+    assert "predates" not in (fresh["hint"] or "")
+    # Only the builds since the tune: not the three before it, too.
+    assert 3 <= fresh["builds_considered"] < stale["builds_considered"] + 3
+
+
+def test_enough_builds_after_a_tune_are_min_builds_edit_rebuilds() -> None:
+    def made(build_id: int, at: str) -> BuildSummary:
+        summary = {"id": build_id, "started_at": at, "outcome": "success", "kind": "edit"}
+        return cast(BuildSummary, {**summary, "trigger": ["src/main.rs"], "wall_s": 1.0})
+
+    tune: TuneRecord = {
+        "id": 4,
+        "applied_at": "2026-12-01T10:00:00.000+00:00",
+        "suggestions": ["debuginfo-line-tables"],
+        "reverted_at": None,
+        "files": [],
+    }
+    before = [made(i, f"2026-12-01T09:0{i}:00.000+00:00") for i in (3, 2, 1)]
+    after = [made(i, f"2026-12-01T10:0{i}:00.000+00:00") for i in (7, 6, 5)]
+    builds, note = advisor.since_tune(after[1:] + before, tune)
+    assert builds == after[1:] + before and note and "predates tune #4" in note
+    assert advisor.since_tune(after + before, tune) == (after, None)
+    assert advisor.since_tune(after + before, None) == (after + before, None)

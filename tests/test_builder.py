@@ -3,6 +3,7 @@ per-unit timings, phases, dirty reasons, lock waits, and that measuring changes 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -67,10 +68,15 @@ def test_build_script_lib_and_bin_each_get_their_time(rbd: Rbd, tmp_path: Path) 
     assert run["name"] == "wslib" and run["build_script_s"] >= 0.3 and run["compile_s"] is None
     assert run["critical_path"] is True
     assert all(u["build_script_s"] is None for u in units if u["kind"] != "build-script-run")
-    # The sleeping script is not compile time: the compile phase is the critical path's
-    # compiled units alone (the script's run has none), and both fit in the wall time.
-    compiled = [u["compile_s"] for u in units if u["critical_path"] and u["compile_s"] is not None]
-    assert phases["compile_s"] == pytest.approx(sum(compiled), abs=0.001)
+    # The sleeping script is not compile time: the compile phase (with link) is the
+    # critical path's compiled units' time on it (`path_s`: up to where each unblocked
+    # the next), the script's run is build-script time, and both fit in the wall time.
+    on_path = [u for u in units if u["critical_path"]]
+    compiled = [u["path_s"] for u in on_path if u["kind"] != "build-script-run"]
+    assert phases["compile_s"] + (phases["link_s"] or 0.0) == pytest.approx(
+        sum(compiled), abs=0.001
+    )
+    assert phases["build_script_s"] == pytest.approx(run["path_s"], abs=0.001)
     assert first["wall_s"] >= phases["compile_s"] + phases["build_script_s"]
 
     (root / "lib" / "src" / "lib.rs").write_text("pub fn v() -> u32 { 2 }\n")
@@ -152,6 +158,31 @@ def test_a_held_cargo_lock_shows_as_lock_wait(rbd: Rbd, tmp_path: Path) -> None:
     assert phases["lock_wait_s"] > 0
     assert phases["overhead_s"] + phases["lock_wait_s"] <= build["wall_s"]
     assert wait_gone(holder.pid, 5)
+
+
+def test_a_wait_on_the_package_cache_is_no_lock_wait(rbd: Rbd, tmp_path: Path) -> None:
+    # Another cargo downloading, or only reading the cache (`cargo clean --dry-run`, as
+    # rbd's own tune check runs it), holds the package cache: cargo prints "Blocking
+    # waiting for file lock on package cache". No target dir of rust-analyzer's own
+    # avoids that wait, so it must not count as a build-directory lock wait.
+    cargo_home = tmp_path / "cargo-home"
+    cargo_home.mkdir()
+    rbd.env["CARGO_HOME"] = str(cargo_home)
+    crate = make_crate(tmp_path / "cached", "cached")
+    events = started(rbd, crate)
+    events.finished()
+    with open(cargo_home / ".package-cache", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        (crate / "src" / "main.rs").write_text('fn main() { println!("waited"); }\n')
+        events.started()
+        deadline = time.monotonic() + WAIT_S
+        while not blocked_on_a_lock(crate):
+            assert time.monotonic() < deadline, "the build never waited for the package cache"
+            time.sleep(0.02)
+    build = events.finished()
+    assert build["outcome"] == "success"
+    # It waited (above), and before the fix all of that wait was lock_wait_s.
+    assert build["phases"]["lock_wait_s"] == 0
 
 
 def blocked_on_a_lock(cwd: Path) -> bool:

@@ -180,6 +180,33 @@ def test_cranelift_needs_a_codegen_heavy_rebuild_and_says_how_to_get_nightly() -
     assert only(rules.Context(environment(), light), "cranelift") is None
 
 
+def test_what_cannot_run_here_says_so_and_ranks_last_measured_before_estimates() -> None:
+    # A codegen-heavy rebuild (cranelift's estimate is large) and a measured lock wait.
+    heavy = [
+        build(i, 1.0, codegen=0.9, compile_s=0.95, link=0.02, lock_wait=0.2 if i < 3 else 0.0)
+        for i in range(1, 5)
+    ]
+    # Without cranelift (as on this machine: the component cannot be downloaded).
+    no_component = environment(debug=1)
+    no_component["nightly"] = {"toolchain": "nightly", "cranelift": False}
+    found = rules.suggest(rules.Context(no_component, heavy))[0]
+    item = next(s for s in found if s["id"] == "cranelift")
+    assert item["runnable"] is False
+    assert "cannot run on this machine: no cranelift component" in item["evidence"]
+    assert found[-1]["id"] == "cranelift"
+    others = [s for s in found if s["id"] != "cranelift"]
+    assert others and all(s["expected"]["saves_s"] < item["expected"]["saves_s"] for s in others)
+    assert all(s["runnable"] for s in others)
+    # Installed, it runs: its estimate still ranks after the smaller measured saving.
+    ready = environment(debug=1)
+    ready["nightly"] = {"toolchain": "nightly", "cranelift": True}
+    ranked = ids(rules.Context(ready, heavy))
+    assert ranked.index("rust-analyzer-target-dir") < ranked.index("cranelift")
+    runs = only(rules.Context(ready, heavy), "cranelift")
+    assert runs is not None and runs["runnable"] is True
+    assert "cannot run" not in runs["evidence"]
+
+
 def test_profile_settings_off_their_defaults() -> None:
     builds = [build(i, codegen=0.3) for i in range(1, 4)]
     odd = environment(

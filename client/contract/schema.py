@@ -451,6 +451,31 @@ class CurrentBuild(TypedDict):
     progress: NotRequired[BuildCounts]
 
 
+class BenchStatus(TypedDict):
+    """The bench running on a project now (`rbd status`)."""
+
+    # Every configuration it measures (empty until they are resolved), in which modes.
+    configs: list[str]
+    modes: list[str]
+    runs: int
+    warmup: int
+    # Builds done of all it will run (priming and warm-up builds included).
+    done: int
+    total: int
+    # Since the bench was asked for (waiting for the project's own build included).
+    elapsed_s: float
+    # The build running now; null before the first.
+    config: str | None
+    # sccache's clean-mode series: cold or warm; else null.
+    cache: str | None
+    mode: str | None
+    # priming (the incremental mode's first, uncounted build), warm-up or counted;
+    # the build is run `number` of `of` of that kind in its series.
+    run: str | None
+    number: int | None
+    of: int | None
+
+
 class ProjectStatus(TypedDict):
     root: str
     state: State
@@ -467,6 +492,8 @@ class ProjectStatus(TypedDict):
     problem: str | None
     # Run mode's app; null when run mode is off.
     app: AppStatus | None
+    # The bench running on it (`rbd status` only); null when none runs.
+    bench: NotRequired[BenchStatus | None]
 
 
 class DaemonStatus(TypedDict):
@@ -501,6 +528,9 @@ class Suggestion(TypedDict):
     tradeoffs: str
     needs_nightly: bool
     full_rebuild: bool
+    # False when this machine lacks what the change needs (the evidence says what);
+    # absent from an older rbd's reply.
+    runnable: NotRequired[bool]
 
 
 class Withdrawn(TypedDict):

@@ -8,37 +8,85 @@ what was written so that a revert restores the files byte for byte.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio.to_thread
 import structlog
 
-from rbd.contract.schema import SuggestReply, TuneApplyReply, TuneRevertReply
+from rbd.contract.schema import BuildSummary, SuggestReply, TuneApplyReply, TuneRevertReply
 from rbd.daemon.advice import evidence, probe, rules, tune
+from rbd.daemon.advice.steps import per_save
 from rbd.daemon.errors import BadRequest, ConfigError, NotFound, TuneConflict
 from rbd.daemon.store.asyncstore import AsyncStore
+from rbd.daemon.store.sqlite import TuneRecord
 
 log = structlog.get_logger("advisor")
 
 
+def since_tune(
+    builds: list[BuildSummary], tune: TuneRecord | None
+) -> tuple[list[BuildSummary], str | None]:
+    """(the builds to argue from, a note when they predate the project's tune).
+
+    builds: newest first. After `tune apply` the builds before it measured a
+    configuration the project no longer has; a median over them argues for or against
+    what was already changed. Enough builds after the tune (rules.MIN_BUILDS edit
+    rebuilds, the number every per-save rule needs) replace all the older ones; with
+    fewer, the older ones stay, and the note says the evidence predates the tune.
+    tune: the latest applied, not reverted, tune (Store.tune(root, None)), or None."""
+    if tune is None:
+        return builds, None
+    applied = _instant(tune["applied_at"])
+    after = [
+        b
+        for b in builds
+        if applied is not None
+        and (started := _instant(b.get("started_at"))) is not None
+        and started >= applied
+    ]
+    edits = sum(1 for b in after if per_save(b))
+    if edits >= rules.MIN_BUILDS:
+        return after, None
+    note = (
+        f"the evidence predates tune #{tune['id']} (applied {tune['applied_at'][:16]}): "
+        f"{edits} edit rebuild(s) since, {rules.MIN_BUILDS} needed to argue from them "
+        "alone; save a few more times, then ask again."
+    )
+    return builds, note
+
+
+def _instant(text: object) -> datetime | None:
+    """A stored time (sqlite.now_iso: ISO 8601 in UTC); one without an offset is UTC."""
+    try:
+        when = datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
 async def context(store: AsyncStore, root: str, env: dict[str, str]) -> rules.Context:
-    """What the rules argue from: the project's recent builds, their units, the toolchain.
+    """What the rules argue from: the project's recent builds (those after its latest
+    tune, when there are enough: since_tune), their units, the toolchain.
     Raises StoreError (the probe itself never raises)."""
     builds = await store.call(store.sync.history, root, rules.WINDOW)
+    tune_record = await store.call(store.sync.tune, root, None)
+    builds, note = since_tune(builds, tune_record)
     # A stored build has its id (only a build the store never took has none).
     ids = [b["id"] for b in builds if b["id"] is not None]
     units = await store.call(store.sync.units_of, ids)
     environment = await probe.probe(Path(root), env)
-    return rules.Context(environment, builds, units, root=root)
+    return rules.Context(environment, builds, units, root=root, stale_note=note)
 
 
 async def suggestions(store: AsyncStore, root: str, env: dict[str, str]) -> SuggestReply:
     """The `suggest` reply for a watched project. Raises StoreError."""
     ctx = await context(store, root, env)
     bench = await store.call(store.sync.latest_bench, root)
+    measurements = await store.call(store.sync.latest_results, root)
     ctx.bench = bench
     found, hint = rules.suggest(ctx)
-    found, withdrawn = evidence.cite(found, bench)
+    found, withdrawn = evidence.cite(found, measurements)
     return {
         "project": root,
         "environment": ctx.env,

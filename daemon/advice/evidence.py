@@ -4,6 +4,8 @@ A suggestion whose change a bench configuration measures gets that measurement a
 expected saving (source "measured") when the configuration was faster than the
 baseline by more than the runs' spread; when it was not, the suggestion is withdrawn
 and the measurement says why. Suggestions no bench measures keep their estimates.
+Each configuration's latest measurement counts, whichever bench made it: a later bench
+of other configurations does not send a measured suggestion back to its estimate.
 
 Like with like: a suggestion for what a save costs (estimated from the median edit
 rebuild, rules.Context.incremental) cites the bench's incremental rows, whose every run
@@ -13,10 +15,11 @@ the clean rows (MEASURED_BY).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rbd.contract.schema import Suggestion, Withdrawn
+from rbd.daemon.advice import rules
 
 # Suggestion id -> (bench configuration, the mode that measures its effect).
 MEASURED_BY = {
@@ -29,51 +32,63 @@ MEASURED_BY = {
 }
 
 
-def _row(bench: Mapping[str, Any], config: str, mode: str) -> dict[str, Any] | None:
-    for row in bench.get("results") or []:
-        if row.get("config") == config and row.get("mode") == mode:
-            return dict(row)
+def _latest(
+    measurements: Sequence[Mapping[str, Any]], config: str, mode: str
+) -> Mapping[str, Any] | None:
+    for measured in measurements:
+        result = measured.get("result") or {}
+        if (
+            result.get("config") == config
+            and result.get("mode") == mode
+            and result.get("cache") is None
+        ):
+            return measured
     return None
 
 
 def cite(
-    found: list[Suggestion], bench: Mapping[str, Any] | None
+    found: list[Suggestion], measurements: Sequence[Mapping[str, Any]]
 ) -> tuple[list[Suggestion], list[Withdrawn]]:
-    """(suggestions with bench evidence where there is some, re-ranked; the withdrawn ones
-    as {"id", "reason"}).
+    """(suggestions with bench evidence where there is some, re-ranked by rules.rank; the
+    withdrawn ones as {"id", "reason"}).
 
-    bench: the latest stored report (a schema.BenchReport), read with care: it is JSON an
-    older rbd may have stored."""
-    if not bench:
-        return found, []
+    measurements: each configuration's latest measurement across the project's benches
+    (sqlite.BenchMeasurement, from Store.latest_results): a configuration keeps the
+    measurement of the last bench that ran it, whatever later benches measured. The
+    gain is against the baseline of that same bench, never of another one."""
     kept: list[Suggestion] = []
     withdrawn: list[Withdrawn] = []
-    baseline = str(bench.get("baseline") or "default")
-    when = str(bench.get("finished_at") or "")[:10]
     for made in found:
         config, mode = MEASURED_BY.get(made["id"], (None, None))
-        row = _row(bench, config, mode) if config and mode else None
-        base = _row(bench, baseline, mode) if mode else None
+        measured = _latest(measurements, config, mode) if config and mode else None
+        row = None if measured is None else measured.get("result")
+        base = None if measured is None else measured.get("base")
+        baseline = None if measured is None else measured.get("baseline")
         row_s = None if row is None else row.get("median_s")
         base_s = None if base is None else base.get("median_s")
-        if row is None or base is None or row_s is None or base_s is None or config == baseline:
+        if measured is None or row is None or base is None or row_s is None or base_s is None:
+            kept.append(made)
+            continue
+        if config == baseline:
             kept.append(made)
             continue
         gain = float(base_s) - float(row_s)
         spread = max(float(base.get("stddev_s") or 0.0), float(row.get("stddev_s") or 0.0))
-        measured = (
-            f"rbd bench #{bench.get('id', '?')} ({when}): {config} {row['delta_pct']:+.1f}% "
-            f"{mode} on this project, median {base_s:.2f} s -> "
-            f"{row_s:.2f} s over {bench.get('runs')} runs"
+        delta = row.get("delta_pct")
+        pct = "" if delta is None else f" {float(delta):+.1f}%"
+        when = str(measured.get("bench_at") or "")[:10]
+        basis = (
+            f"rbd bench #{measured.get('bench_id', '?')} ({when}): {config}{pct} "
+            f"{mode} on this project, median {float(base_s):.2f} s -> "
+            f"{float(row_s):.2f} s over {measured.get('runs')} runs"
         )
         if gain <= spread:
             why = "slower" if gain < 0 else "no faster than the runs' spread"
-            withdrawn.append({"id": made["id"], "reason": f"{measured} ({why})"})
+            withdrawn.append({"id": made["id"], "reason": f"{basis} ({why})"})
             continue
         made = {
             **made,
-            "expected": {"saves_s": round(gain, 3), "source": "measured", "basis": measured},
+            "expected": {"saves_s": round(gain, 3), "source": "measured", "basis": basis},
         }
         kept.append(made)
-    kept.sort(key=lambda made: -made["expected"]["saves_s"])
-    return kept, withdrawn
+    return rules.rank(kept), withdrawn

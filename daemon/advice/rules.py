@@ -7,7 +7,8 @@ on a measured signal: a share of the median rebuild, a unit rebuilt every time, 
 lock wait. What a suggestion is expected to save is an estimate from a
 stated source, scaled by this project's own phase times (`rbd bench` will
 measure them), or, where the change removes a cost rbd measured (a lock
-wait, a build script run), that cost; suggestions are ranked by it. Changes are in the form
+wait, a build script run), that cost; suggestions are ranked by it, measured savings
+first and what this machine cannot run last (rank). Changes are in the form
 daemon.advice.tune applies; `manual` ones are for the user to make.
 
 The estimates' sources (README.md lists them too):
@@ -52,6 +53,9 @@ class Context:
     # The project's latest `rbd bench` report (schema.BenchReport, maybe an older rbd's),
     # for the rules that argue from what it measured; most leave it to evidence.cite.
     bench: Mapping[str, Any] | None = None
+    # Set when the builds predate the project's latest tune (advisor.since_tune): said
+    # in suggest's hint, so no one reads old medians as the tuned project's.
+    stale_note: str | None = None
 
     @property
     def incremental(self) -> list[Mapping[str, Any]]:
@@ -119,6 +123,7 @@ def suggestion(
     needs_nightly: bool = False,
     full_rebuild: bool = False,
     source: str = "estimate",
+    runnable: bool = True,
 ) -> Suggestion:
     return {
         "id": id,
@@ -129,7 +134,27 @@ def suggestion(
         "tradeoffs": tradeoffs,
         "needs_nightly": needs_nightly,
         "full_rebuild": full_rebuild,
+        "runnable": runnable,
     }
+
+
+def rank(found: list[Suggestion]) -> list[Suggestion]:
+    """found, best first: what this machine can run before what it cannot (however large
+    the estimate, a change that cannot be built here saves nothing today), then measured
+    savings (a bench, or a cost rbd measured) before estimates, since an estimate is off
+    by 2-3x either way on a real project while a measurement's spread is known; by
+    expected seconds saved within each group. A suggestion that saves nothing per
+    rebuild (measured or not: sccache's, deps-opt-level's) comes after every one that
+    saves something."""
+    return sorted(
+        found,
+        key=lambda made: (
+            made.get("runnable") is False,
+            made["expected"]["saves_s"] <= 0,
+            made["expected"]["source"] != "measured",
+            -made["expected"]["saves_s"],
+        ),
+    )
 
 
 def _codegen_and_link(ctx: Context) -> float:
@@ -284,7 +309,9 @@ def cranelift(ctx: Context) -> Suggestion | None:
     how = (
         f"build with `cargo +{nightly['toolchain']} build --profile cranelift -Zcodegen-backend`"
         if ready
-        else "install it first: `rustup toolchain install nightly && rustup component add "
+        else "cannot run on this machine: "
+        + ("no nightly toolchain" if not nightly.get("toolchain") else "no cranelift component")
+        + "; install it first: `rustup toolchain install nightly && rustup component add "
         "rustc-codegen-cranelift-preview --toolchain nightly`"
     )
     change = {
@@ -304,6 +331,7 @@ def cranelift(ctx: Context) -> Suggestion | None:
         "nightly only; slower generated code; some crates miss LLVM intrinsics",
         needs_nightly=True,
         full_rebuild=True,
+        runnable=ready,
     )
 
 
@@ -720,9 +748,8 @@ RULES: tuple[Callable[[Context], Suggestion | None], ...] = (
 
 
 def suggest(ctx: Context) -> tuple[list[Suggestion], str | None]:
-    """(suggestions ranked by expected seconds saved per rebuild, a hint when data is short)."""
-    found = [made for rule in RULES if (made := rule(ctx)) is not None]
-    found.sort(key=lambda made: -made["expected"]["saves_s"])
+    """(suggestions ranked (rank), a hint when data is short)."""
+    found = rank([made for rule in RULES if (made := rule(ctx)) is not None])
     hint = None
     if len(ctx.incremental) < MIN_BUILDS:
         hint = (
@@ -730,4 +757,6 @@ def suggest(ctx: Context) -> tuple[list[Suggestion], str | None]:
             f"{MIN_BUILDS}. Save a file in the project a few times (rbd rebuilds on every "
             "save), then ask again."
         )
+    if ctx.stale_note:
+        hint = ctx.stale_note if hint is None else f"{hint} Also, {ctx.stale_note}"
     return found, hint

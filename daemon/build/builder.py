@@ -48,7 +48,13 @@ SCRIPT_RUN = re.compile(r"/build/([^/\s`]+)-[0-9a-f]{16}/build-script-build")
 # test)`; a build script run that failed.
 COULD_NOT = re.compile(r'^error: could not compile `([^`]+)` \((\w[\w-]*)(?: "([^"]+)")?')
 SCRIPT_FAILED = re.compile(r"^error: failed to run custom build command for `(\S+) v")
-LOCK_WAIT = re.compile(r"^\s*Blocking waiting for file lock")
+# cargo names the lock it waits for: "on artifact directory" (target/<profile>, another
+# cargo building into the same target dir: rust-analyzer, a terminal), "on build
+# directory" (the same with a separate build-dir), or "on package cache" (another cargo
+# downloading, or only reading the cache: `cargo clean --dry-run` holds it), as cargo
+# 1.95 prints them. Only a wait on a directory is a lock wait (lock_wait_s, which the
+# rust-analyzer-target-dir suggestion argues from); a package-cache wait stays overhead.
+LOCK_WAIT = re.compile(r"^\s*Blocking waiting for file lock(?: on (.*?))?\s*$")
 REPORT = re.compile(r"^\s*Timing report saved to (.+?)\s*$")
 # File timestamps may be coarser than the clock (some filesystems keep 1 ms or worse).
 MTIME_SLACK_NS = 5_000_000
@@ -371,8 +377,10 @@ class Build:
             # Whatever cargo says next, it has the lock.
             self._lock_wait += now - self._lock_since
             self._lock_since = None
-        if LOCK_WAIT.match(line):
-            self._lock_since = now
+        if match := LOCK_WAIT.match(line):
+            # A package-cache wait stays overhead: a target dir of its own avoids none of it.
+            if "directory" in (match[1] or "directory"):
+                self._lock_since = now
         elif match := COMPILING.match(line):
             self._started.setdefault(match[1], now)
             if self._first_unit is None:

@@ -195,6 +195,18 @@ class Rebuild(TypedDict):
     wall_s: float | None
 
 
+class BenchMeasurement(TypedDict):
+    """A configuration's latest measured row (a schema.BenchResult as an rbd stored it),
+    its bench's baseline row in the same mode, and which bench measured them."""
+
+    result: dict[str, Any]
+    base: dict[str, Any] | None
+    baseline: str
+    bench_id: int
+    bench_at: str
+    runs: Any
+
+
 class TuneRecord(TypedDict):
     """An applied tune as stored: each file's path, content before (None: rbd created
     it) and content after."""
@@ -497,6 +509,54 @@ class Store:
         report: BenchReport = json.loads(row["report"])
         report["id"] = row["id"]
         return report
+
+    def latest_results(self, project: str) -> list[BenchMeasurement]:
+        """Each configuration's latest measurement across the project's stored benches:
+        per (config, mode, cache), the row of the newest bench that measured it (a row
+        without a median, unavailable or failed, measured nothing and does not hide an
+        older one), newest bench first. A later bench of other configurations must not
+        make the first one's measurements disappear; each row comes with its own bench's
+        baseline row in the same mode, since a gain is only comparable within one bench
+        (same toolchain, same machine load). Reports an older rbd stored are read with
+        care: whatever is not a mapping with a config and mode is skipped."""
+        rows = self._db.execute(
+            "SELECT id, finished_at, report FROM benches WHERE project = ? ORDER BY id DESC",
+            (project,),
+        ).fetchall()
+        found: dict[tuple[Any, Any, Any], BenchMeasurement] = {}
+        for bench in rows:
+            try:
+                report = json.loads(bench["report"])
+            except ValueError:
+                continue
+            if not isinstance(report, dict):
+                continue
+            results = [
+                r
+                for r in report.get("results") or []
+                if isinstance(r, dict) and r.get("config") and r.get("mode")
+            ]
+            baseline = str(report.get("baseline") or "default")
+            bases = {
+                r["mode"]: r
+                for r in results
+                if r["config"] == baseline
+                and r.get("cache") is None
+                and r.get("median_s") is not None
+            }
+            for result in results:
+                key = (result["config"], result["mode"], result.get("cache"))
+                if result.get("median_s") is None or key in found:
+                    continue
+                found[key] = {
+                    "result": result,
+                    "base": bases.get(result["mode"]),
+                    "baseline": baseline,
+                    "bench_id": int(bench["id"]),
+                    "bench_at": str(bench["finished_at"]),
+                    "runs": report.get("runs"),
+                }
+        return list(found.values())
 
     def recent_triggers(self, project: str, limit: int) -> list[list[str]]:
         """The changed paths of the project's latest builds (what its developer edits)."""
