@@ -52,12 +52,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"rbd: cancelled the bench of {reply['project']}")
         return 0
     live = sys.stderr.isatty() and not args.json
+    # Not a terminal (a log, CI): a line per counted run instead of the bar, which would
+    # leave nothing but `\r`s there until the end.
+    lines = not sys.stderr.isatty() and not args.json
+    show = _Progress(live, lines)
     report: BenchReport | None
     if args.foreground:
-        report = _foreground(request, live)
+        report = _foreground(request, show)
     else:
         try:
-            report = _daemon_job(request, live, args.detach)
+            report = _daemon_job(request, show, args.detach)
         except RequestFailed as exc:
             # The daemon runs cargo only in projects it watches; this process
             # may bench any project its user names.
@@ -65,7 +69,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 raise
             if live:
                 print(f"rbd: {exc}; benching in this process instead", file=sys.stderr)
-            report = _foreground(request, live)
+            report = _foreground(request, show)
     if report is None:
         return 0
     if args.json:
@@ -75,12 +79,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show_progress(event: Mapping[str, Any], live: bool) -> None:
-    if live and event.get("event") == protocol.BENCH_PROGRESS:
-        print("\r\033[K" + benchtable.progress(event), end="", file=sys.stderr, flush=True)
+class _Progress:
+    """The bench's progress on stderr: the bar on a terminal (live), else a plain line
+    per counted run and per failed build (lines), else nothing (--json)."""
+
+    def __init__(self, live: bool, lines: bool) -> None:
+        self.live = live
+        self.lines = lines
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        if event.get("event") != protocol.BENCH_PROGRESS:
+            return
+        if self.live:
+            print("\r\033[K" + benchtable.progress(event), end="", file=sys.stderr, flush=True)
+        elif self.lines and (event.get("counted") or event.get("outcome") != "success"):
+            print(benchtable.plain(event), file=sys.stderr, flush=True)
 
 
-def _daemon_job(request: dict[str, Any], live: bool, detach: bool) -> BenchReport | None:
+def _daemon_job(request: dict[str, Any], show: _Progress, detach: bool) -> BenchReport | None:
     from rbd.client.spawn import connect_or_spawn
 
     # A daemon bench runs in the watched project's own environment: this one's is
@@ -96,21 +112,19 @@ def _daemon_job(request: dict[str, Any], live: bool, detach: bool) -> BenchRepor
         conn.request(protocol.SUBSCRIBE)
         request_id = conn.send(protocol.BENCH, **request)
         try:
-            reply = conn.reply_to(
-                request_id, lambda event: _show_progress(event, live), timeout=None
-            )
+            reply = conn.reply_to(request_id, show, timeout=None)
         except KeyboardInterrupt:
             with Connection.open() as other:
                 other.request(protocol.BENCH_CANCEL, path=request["path"])
             raise RbdError("bench cancelled; nothing was recorded") from None
         finally:
-            if live:
+            if show.live:
                 print("\r\033[K", end="", file=sys.stderr, flush=True)
     report: BenchReport = reply["report"]
     return report
 
 
-def _foreground(request: dict[str, Any], live: bool) -> BenchReport:
+def _foreground(request: dict[str, Any], show: _Progress) -> BenchReport:
     # The daemon's modules (anyio, structlog...) are loaded on this path only.
     from rbd.daemon.bench import job as benchjob
     from rbd.daemon.bench.runner import Options
@@ -124,12 +138,10 @@ def _foreground(request: dict[str, Any], live: bool) -> BenchReport:
             modes=tuple(request["modes"]),
             edit=request["edit"],
         )
-        report = benchjob.run_foreground(
-            request["path"], request["env"], options, lambda e: _show_progress(e, live)
-        )
+        report = benchjob.run_foreground(request["path"], request["env"], options, show)
     except DaemonError as exc:
         raise RbdError(str(exc)) from None
     finally:
-        if live:
+        if show.live:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
     return report

@@ -152,3 +152,36 @@ def progress(event: Mapping[str, Any], width: int = 24) -> str:
         f"bench [{bar}] {done}/{total}  {event.get('mode', '')} {event.get('config', '')}"
         f"{what} {seconds(event.get('wall_s'))}"
     )
+
+
+def plain(event: Mapping[str, Any]) -> str:
+    """A bench_progress event as one line of its own, for output that is no terminal (a
+    log, `rbd tail`): the bar's `\\r` redraws would pile up there."""
+    done, total = int(event.get("done") or 0), int(event.get("total") or 0)
+    what = "" if event.get("counted") else " (warm-up)"
+    outcome = event.get("outcome")
+    failed = f" {outcome}" if outcome and outcome != "success" else ""
+    return (
+        f"bench {done}/{total}  {event.get('mode', '')} {event.get('config', '')}{what}"
+        f" {seconds(event.get('wall_s'))}{failed}"
+    )
+
+
+def started(event: Mapping[str, Any]) -> str:
+    """A bench_started event: what the bench measures and how many builds that takes."""
+    configs = ", ".join(event.get("configs") or [])
+    modes = " and ".join(event.get("modes") or [])
+    return (
+        f"bench started: {configs} ({modes}), {event.get('runs')} counted runs after"
+        f" {event.get('warmup')} warm-up, {event.get('total')} builds;"
+        " the project's own builds wait for it"
+    )
+
+
+def finished(event: Mapping[str, Any]) -> str:
+    """A bench_finished event: its stored report's id, or why it ended without one."""
+    if event.get("error"):
+        return f"bench ended: {event['error']}"
+    report = event.get("report") or {}
+    stored = f" (#{report['id']}; `rbd suggest` cites it)" if report.get("id") else ""
+    return f"bench finished{stored}"

@@ -236,10 +236,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# `rbd tail`'s bench lines: at most one a second (a tiny crate's builds take tens of
+# milliseconds, a real app's minutes); a failed build and the last one always show.
+BENCH_LINE_S = 1.0
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     import time
 
-    from rbd.client import render
+    from rbd.client import benchtable, render
 
     with Connection.open() as conn:
         reply = conn.request(protocol.SUBSCRIBE, path=_dir(args.dir) if args.dir else None)
@@ -250,6 +255,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         # The live line's clock keeps running between cargo's progress updates.
         progress: dict[str, Any] | None = None
         received = 0.0
+        bench_line_at = -BENCH_LINE_S
         try:
             for event in conn.events(tick_s=0.25 if live else None):
                 if event is None:
@@ -276,6 +282,26 @@ def cmd_tail(args: argparse.Namespace) -> int:
                     if event.get("first_error") and event["build"]["outcome"] == "failure":
                         for text in event["first_error"].splitlines()[:12]:
                             print("    " + text)
+                elif name in (
+                    protocol.BENCH_STARTED,
+                    protocol.BENCH_PROGRESS,
+                    protocol.BENCH_FINISHED,
+                ):
+                    now = time.monotonic()
+                    if name == protocol.BENCH_PROGRESS:
+                        last = event.get("done") == event.get("total")
+                        shown = last or event.get("outcome") != "success"
+                        if not shown and now - bench_line_at < BENCH_LINE_S:
+                            continue
+                        line = benchtable.plain(event)
+                    elif name == protocol.BENCH_STARTED:
+                        line = benchtable.started(event)
+                    else:
+                        line = benchtable.finished(event)
+                    bench_line_at = now
+                    project = str(event.get("project", "")).rstrip("/").rsplit("/", 1)[-1]
+                    prefix = "\r\033[K" if live and progress is not None else ""
+                    print(f"{prefix}{project}: {line}", flush=True)
                 elif name == protocol.APP_OUTPUT:
                     # The server's own output, as `cargo watch -x run` shows it.
                     prefix = "\r\033[K" if live and progress is not None else ""

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from rbd.contract.schema import (
         AppRun,
         AppStatus,
+        BenchStatus,
         BuildDetail,
         BuildSummary,
         Explain,
@@ -132,6 +133,21 @@ def app_state(app: AppStatus) -> list[str]:
     return lines
 
 
+def bench_state(bench: BenchStatus) -> str:
+    """The bench line of a project in `rbd status`: what it builds now, how far it is."""
+    done = f"{bench.get('done', 0)}/{bench.get('total') or '?'} builds"
+    elapsed = duration(bench.get("elapsed_s") or 0.0)
+    if not bench.get("config"):
+        return f"  bench    preparing (copy of the sources, the project's build); {elapsed}"
+    config = str(bench["config"]) + (f" ({bench['cache']})" if bench.get("cache") else "")
+    run = bench.get("run")
+    if run == "priming":
+        which = "priming build"
+    else:
+        which = f"{'run' if run == 'counted' else run} {bench.get('number')} of {bench.get('of')}"
+    return f"  bench    {bench.get('mode')} {config}: {which}; {done}, {elapsed}"
+
+
 def phase_split(phases: Phases) -> str:
     """`frontend 0.22 · codegen 0.41 · …`: measured phases only, in seconds."""
     if phases.get("compile_s") is None:
@@ -203,6 +219,8 @@ def status(data: StatusReply) -> str:
                 f"  building #{current['build_id']}: {counted}, "
                 f"{seconds(progress.get('elapsed_s'))}" + (f"  ({active})" if active else "")
             )
+        if bench := project.get("bench"):
+            lines.append(bench_state(bench))
         last = project.get("last_build")
         lines.append("  last     " + (build_line(last, with_project=False) if last else "none yet"))
         if app := project.get("app"):

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import signal
 import sqlite3
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -316,3 +321,100 @@ def test_the_bench_never_writes_through_a_symlink(rbd: Rbd, tmp_path: Path) -> N
     assert row["available"] and len(row["runs_s"]) == 1
     assert {p: p.read_bytes() for p in before} == before
     assert main.is_symlink() and (crate / "lib" / "Cargo.toml").is_symlink()
+
+
+def test_status_shows_a_running_bench(rbd: Rbd, tmp_path: Path) -> None:
+    # Found on a real app: `rbd status` said `[idle]` for the whole of a 25-minute bench.
+    crate = make_crate(tmp_path / "slow", "slow", {"build.rs": SLOW_BUILD_RS})
+    events = started(rbd, crate)
+    events.finished()
+    rbd.ok("bench", "--detach", "--clean", "--configs", "default", "--runs", "2", cwd=crate)
+    events.wait_for(lambda e: e.get("event") == protocol.BENCH_STARTED)
+    assert wait_until(lambda: bench_processes(crate)), "the build script never ran"
+
+    (project,) = json.loads(rbd.ok("status", "--json"))["projects"]
+    assert project["state"] == "paused"
+    bench = project["bench"]
+    assert (bench["config"], bench["mode"], bench["run"]) == ("default", "clean", "warm-up")
+    assert (bench["number"], bench["of"]) == (1, 2)
+    assert (bench["runs"], bench["warmup"], bench["configs"]) == (2, 2, ["default"])
+    assert bench["done"] < bench["total"] == 4 and bench["elapsed_s"] > 0
+    text = rbd.ok("status")
+    assert f"{crate}  [paused]" in text
+    assert "  bench    clean default: warm-up 1 of 2; 0/4 builds, " in text
+
+    rbd.ok("bench", "--cancel", cwd=crate)
+    events.wait_for(lambda e: e.get("event") == protocol.BENCH_FINISHED)
+    events.wait_for(lambda e: e.get("event") == protocol.PROJECT_STATE and e["state"] == "idle")
+    (project,) = json.loads(rbd.ok("status", "--json"))["projects"]
+    assert project["state"] == "idle" and project["bench"] is None
+
+
+def test_tail_and_a_bench_whose_output_is_no_terminal_show_its_progress(
+    rbd: Rbd, tmp_path: Path
+) -> None:
+    # Found on a real app: the human `rbd tail` printed nothing during a bench, and
+    # `rbd bench` into a log nothing until the end.
+    crate = make_crate(tmp_path / "demo")
+    events = started(rbd, crate)
+    events.finished()
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "rbd.client", "tail"],
+        env=rbd.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert tail.stderr is not None and tail.stdout is not None
+        assert "following" in tail.stderr.readline()  # subscribed
+        lines: queue.Queue[str] = queue.Queue()
+        stdout = tail.stdout
+
+        def pump() -> None:
+            for line in stdout:
+                lines.put(line)
+
+        threading.Thread(target=pump, daemon=True).start()
+        done = rbd.run(
+            "bench", "--incremental", "--configs", "default", "--runs", "2", "--warmup", "0",
+            cwd=crate, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        # A line per counted run on stderr, no bar; the table on stdout as ever.
+        counted = [x for x in done.stderr.splitlines() if x.startswith("bench ")]
+        assert [x.split()[1] for x in counted] == ["2/3", "3/3"], done.stderr
+        assert all("incremental default" in x for x in counted)
+        assert "\r" not in done.stderr and "default " in done.stdout
+
+        shown: list[str] = []
+        deadline = time.monotonic() + WAIT_S
+        while not any("bench finished" in x for x in shown):
+            shown.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
+    finally:
+        tail.send_signal(signal.SIGINT)
+        tail.wait(timeout=WAIT_S)
+    benched = [x for x in shown if x.startswith("demo: bench")]
+    assert "bench started: default (incremental)" in benched[0], shown
+    # The last build always shows, whatever the rate limit held back.
+    assert "demo: bench 3/3  incremental default " in benched[-2], shown
+    assert "bench finished (#" in benched[-1], shown
+
+
+def test_bench_builds_read_the_frontend_codegen_split(rbd: Rbd, tmp_path: Path) -> None:
+    # Found on a real app: bench builds logged `timings_schema_unknown` (cargo's version
+    # unknown to them) and lost the split. A library alone: a binary's unit has no split.
+    crate = make_crate(tmp_path / "lib", "lib", {"src/lib.rs": "pub fn f() -> u32 { 1 }\n"})
+    (crate / "src" / "main.rs").unlink()
+    report = bench_json(
+        rbd, crate, "--foreground", "--clean", "--configs", "default", "--runs", "1",
+        "--warmup", "0",
+    )  # fmt: skip
+    (row,) = report["results"]
+    phases = row["phases"]
+    assert phases["frontend_s"] is not None and phases["codegen_s"] is not None, phases
+    assert phases["frontend_s"] + phases["codegen_s"] == pytest.approx(
+        phases["compile_s"], abs=2e-3
+    )
+    log = Path(rbd.base / "state" / "rbd" / "rbd.log").read_text()
+    assert "timings_schema_unknown" not in log

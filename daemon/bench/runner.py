@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +34,13 @@ import anyio
 import structlog
 
 from rbd.contract import protocol
-from rbd.contract.schema import BenchProgress, BenchReport, BenchResult, BenchStarted
+from rbd.contract.schema import (
+    BenchProgress,
+    BenchReport,
+    BenchResult,
+    BenchStarted,
+    BenchStatus,
+)
 from rbd.daemon.bench import source
 from rbd.daemon.bench.cache import BenchCache
 from rbd.daemon.build import cargo_config, configurations
@@ -111,6 +118,11 @@ class Bench:
         self.triggers = triggers or []
         self.done = 0
         self.total = 0
+        self.started = time.monotonic()
+        self.configs = list(self.options.configs or ())  # all of them, once resolved
+        # The build running now, for `rbd status`: its series, which of its runs
+        # (priming, warm-up, counted) and that run's number of how many.
+        self.building: tuple[Series, str, int, int] | None = None
 
     async def run(self) -> BenchReport:
         started_at = now_iso()
@@ -125,6 +137,7 @@ class Bench:
         bench_dir = workspace.target_dir / "rbd" / "bench"
         copy = bench_dir / "src"
         chosen = await self._resolve(root, bench_dir)
+        self.configs = [c.name for c in chosen]
         runnable = [c for c in chosen if c.available]
         incremental = "incremental" in self.options.modes
         edit_file = (
@@ -199,6 +212,25 @@ class Bench:
         # Each in its own bench dir, `default` included: the user's target dir stays untouched.
         return [dataclasses.replace(c, target_dir=bench_dir / c.name) for c in chosen]
 
+    def status(self) -> BenchStatus:
+        """Where the bench is (`rbd status`). Raises nothing."""
+        series, run, number, of = self.building or (None, None, None, None)
+        return {
+            "configs": self.configs,
+            "modes": list(self.options.modes),
+            "runs": self.options.runs,
+            "warmup": self.options.warmup,
+            "done": self.done,
+            "total": self.total,
+            "elapsed_s": round(time.monotonic() - self.started, 3),
+            "config": series.config.name if series else None,
+            "cache": series.cache if series else None,
+            "mode": series.mode if series else None,
+            "run": run,
+            "number": number,
+            "of": of,
+        }
+
     def progress(self, series: Series, counted: bool, result: BuildResult) -> None:
         self.done += 1
         self.emit(
@@ -256,6 +288,7 @@ class _Runner:
         """One uncounted build per configuration, so that the runs after it are incremental.
         A string-literal edit that breaks the build is replaced by a comment edit."""
         for s in series:
+            self.bench.building = (s, "priming", 1, 1)
             self._write(path, original, edit)
             result = await self.build(s)
             if result.outcome == "failure" and edit.kind == "string":
@@ -279,6 +312,13 @@ class _Runner:
             for s in series:
                 if s.failure is not None:
                     continue
+                warmup = self.bench.options.warmup
+                counted = i >= warmup
+                self.bench.building = (
+                    (s, "counted", i - warmup + 1, self.bench.options.runs)
+                    if counted
+                    else (s, "warm-up", i + 1, warmup)
+                )
                 if s.mode == "clean":
                     await self.clean(s.config)
                     if s.cache == "cold" and self.cache is not None:
@@ -286,7 +326,6 @@ class _Runner:
                 else:
                     self._write(path, original, edit)
                 result = await self.build(s)
-                counted = i >= self.bench.options.warmup
                 self._check(s, result)
                 if counted and s.failure is None:
                     s.walls.append(result.wall_s)
@@ -333,6 +372,9 @@ class _Runner:
             env,
             self.timeout_s,
             lambda event: None,  # a bench's builds are not the project's builds
+            # Without it the timings report's schema is unknown and the frontend/codegen
+            # split of every bench row is lost.
+            cargo_version=self.bench.workspace.cargo_version,
             shim=self.shim,
             user_wrapper=self.wrappers.get(s.config.name),
         )

@@ -35,6 +35,7 @@ from rbd.contract.schema import (
     HelloReply,
     HistoryReply,
     HistoryRequest,
+    ProjectStatus,
     ShowReply,
     ShowRequest,
     ShutdownReply,
@@ -131,8 +132,16 @@ async def _status(
             "lost_builds": store.dropped,
             "subscribers": len(services.hub),
         },
-        "projects": [project.status() for project in projects],
+        "projects": [_with_bench(services, project.status()) for project in projects],
     }
+
+
+def _with_bench(services: Services, status: ProjectStatus) -> ProjectStatus:
+    """A project's status with its running bench, if any: while one runs the project
+    is `paused`, for as long as 25 minutes on a real app. Raises nothing."""
+    job = services.benches.running
+    status["bench"] = job.bench.status() if job is not None and job.root == status["root"] else None
+    return status
 
 
 async def _start(services: Services, connection: Connection, request: StartRequest) -> StartReply:

@@ -102,6 +102,8 @@ class Scheduler:
         # A bench measuring this project holds new builds; changes keep accumulating.
         self._paused = 0
         self._resumed = anyio.Event()
+        # `_unpaused` holds a change or request until resumed (which then builds it).
+        self._holding = False
         self._idle = anyio.Event()
         self._idle.set()
 
@@ -134,14 +136,21 @@ class Scheduler:
         return self._asked > self.covered
 
     def pause(self) -> None:
+        """Hold new builds (a bench runs). An idle project says `paused` at once: it used
+        to say `idle` for a whole bench, until a change arrived."""
         if self._paused == 0:
             self._resumed = anyio.Event()
         self._paused += 1
+        if self._state == "idle":
+            self.state = "paused"
 
     def resume(self) -> None:
         self._paused -= 1
         if self._paused == 0:
             self._resumed.set()
+            # Nothing held (else `_unpaused` goes on to build): idle again.
+            if self._state == "paused" and not self._holding:
+                self.state = "idle"
 
     async def wait_idle(self) -> None:
         """Return once no build of this scheduler is running."""
@@ -149,9 +158,13 @@ class Scheduler:
             await self._idle.wait()
 
     async def _unpaused(self) -> None:
-        while self._paused:
-            self.state = "paused"
-            await self._resumed.wait()
+        self._holding = True
+        try:
+            while self._paused:
+                self.state = "paused"
+                await self._resumed.wait()
+        finally:
+            self._holding = False
 
     def notify(self, paths: list[str]) -> None:
         if not paths:
@@ -178,7 +191,8 @@ class Scheduler:
             await self._build([], None)
         while True:
             if not self._pending and not self._requested:
-                self.state = "idle"
+                # A bench paused it during the build that just ended.
+                self.state = "paused" if self._paused else "idle"
                 await self._wake.wait()
             await self._settle()
             if self.previous is not None:
