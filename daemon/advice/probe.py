@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
+from rbd.daemon import tools
 from rbd.daemon.build import cargo_config
 from rbd.daemon.projects import tomlfile
 
@@ -281,25 +281,7 @@ def _settings(root: Path, env: dict[str, str], host: str | None) -> dict[str, An
 
 async def _run(argv: list[str], root: Path, env: dict[str, str]) -> str:
     """A tool's stdout; "" when it is missing, fails or takes too long."""
-    program = shutil.which(argv[0], path=env.get("PATH", os.defpath))
-    if program is None:
-        return ""
-    # A rust-toolchain file naming a toolchain that is not installed must not
-    # make rustup download it just to answer a probe.
-    run_env = {**env, "RUSTUP_AUTO_INSTALL": "0"}
-    try:
-        with anyio.fail_after(PROBE_TIMEOUT_S):
-            done = await anyio.run_process(
-                [program, *argv[1:]], cwd=root, env=run_env, check=False, stdin=subprocess.DEVNULL
-            )
-    except (TimeoutError, OSError) as exc:
-        log.warning("probe_tool_failed", argv=argv, error=str(exc) or "timed out")
-        return ""
-    if done.returncode != 0:
-        error = done.stderr.decode(errors="replace").strip()[-500:]
-        log.warning("probe_tool_failed", argv=argv, returncode=done.returncode, error=error)
-        return ""
-    return done.stdout.decode(errors="replace")
+    return await tools.output(argv, root, env, PROBE_TIMEOUT_S, "probe_tool_failed") or ""
 
 
 async def _nightly(root: Path, env: dict[str, str]) -> dict[str, Any]:

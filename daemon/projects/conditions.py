@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 import tomllib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ import anyio.to_thread
 import structlog
 
 from rbd.contract.schema import Conditions
+from rbd.daemon import tools
 from rbd.daemon.advice import probe
 from rbd.daemon.build import cargo_config
 from rbd.daemon.errors import StoreError
@@ -69,25 +69,7 @@ Runner = Callable[[list[str], Path, dict[str, str]], Awaitable[str | None]]
 
 async def run_tool(argv: list[str], cwd: Path, env: dict[str, str]) -> str | None:
     """A tool's stdout; None when it is missing, fails or takes too long."""
-    program = shutil.which(argv[0], path=env.get("PATH", os.defpath))
-    if program is None:
-        return None
-    # A rust-toolchain file naming a toolchain not installed must not make rustup
-    # download it to answer a version query.
-    run_env = {**env, "RUSTUP_AUTO_INSTALL": "0"}
-    try:
-        with anyio.fail_after(VERSION_TIMEOUT_S):
-            done = await anyio.run_process(
-                [program, *argv[1:]], cwd=cwd, env=run_env, check=False, stdin=subprocess.DEVNULL
-            )
-    except (TimeoutError, OSError) as exc:
-        log.warning("version_query_failed", argv=argv, error=str(exc) or "timed out")
-        return None
-    if done.returncode != 0:
-        error = done.stderr.decode(errors="replace").strip()[-300:]
-        log.warning("version_query_failed", argv=argv, returncode=done.returncode, error=error)
-        return None
-    return done.stdout.decode(errors="replace")
+    return await tools.output(argv, cwd, env, VERSION_TIMEOUT_S, "version_query_failed")
 
 
 # --- the cargo command --------------------------------------------------------------------
