@@ -28,8 +28,6 @@ Nothing here raises into the build: what cannot be read is null, and a bug is lo
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import tomllib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,9 +52,7 @@ log = structlog.get_logger("conditions")
 # A rustup proxy that hangs (a lock, the network) must not hold a build's record up long.
 VERSION_TIMEOUT_S = 10.0
 LOCKFILE = "Cargo.lock"
-TOOLCHAIN_FILES = ("rust-toolchain", "rust-toolchain.toml")
 # The environment variables that choose which rustc and cargo run.
-TOOLCHAIN_ENV = ("RUSTUP_TOOLCHAIN", "RUSTUP_HOME", "CARGO_HOME", "PATH", "RUSTC")
 # Versions of a few toolchains at once (a project switching between two, several roots).
 MAX_CACHED = 8
 # The profiles cargo defines itself, and the one each inherits from.
@@ -236,42 +232,6 @@ def rustc_program(root: Path, env: Mapping[str, str], files: list[cargo_config.C
     return "rustc"
 
 
-def _stat(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
-
-
-def toolchain_key(root: Path, env: Mapping[str, str], rustc: str) -> tuple[Any, ...]:
-    """What decides which rustc and cargo run for root: equal keys, equal versions.
-    About fifteen stat calls."""
-    home = env.get("HOME") or os.path.expanduser("~")
-    rustup_home = Path(env.get("RUSTUP_HOME") or Path(home) / ".rustup")
-    files = [d / name for d in (root, *root.parents) for name in TOOLCHAIN_FILES]
-    files += [rustup_home / "settings.toml", rustup_home / "toolchains"]
-    path = env.get("PATH", os.defpath)
-    for program in (rustc, "cargo"):
-        found = shutil.which(program, path=path)
-        if found is not None:
-            files.append(Path(found))
-    try:
-        # rustup rewrites a channel's hash when `rustup update` installs a new release.
-        hashes = sorted(
-            (entry.name, entry.stat().st_mtime_ns)
-            for entry in os.scandir(rustup_home / "update-hashes")
-        )
-    except OSError:
-        hashes = []
-    return (
-        tuple(env.get(var) for var in TOOLCHAIN_ENV),
-        rustc,
-        tuple(_stat(f) for f in files),
-        tuple(hashes),
-    )
-
-
 @dataclass(frozen=True)
 class Versions:
     rustc: str | None
@@ -322,7 +282,7 @@ class _Lock:
 
 
 def _read_lock(path: Path) -> _Lock:
-    stat = _stat(path)
+    stat = tools.stat(path)
     if stat is None:
         return _Lock(None, None, None)
     try:
@@ -353,7 +313,7 @@ def _read_files(root: Path, argv: Sequence[str], env: dict[str, str]) -> _Files:
         files=files,
         profile=effective_profile(root, argv, env, files),
         rustc=rustc,
-        key=toolchain_key(root, env, rustc),
+        key=tools.toolchain_key(root, env, rustc),
         lock=_read_lock(root / LOCKFILE),
     )
 
@@ -488,7 +448,7 @@ class Gathering:
             return self.conditions
         self.conditions = {**self.conditions, "tune": await self.collector.active_tune(self.root)}
         path = self.root / LOCKFILE
-        if _stat(path) != self._lock.stat:
+        if tools.stat(path) != self._lock.stat:
             try:
                 lock = await anyio.to_thread.run_sync(_read_lock, path)
                 await self.collector.keep_lockfile(lock)
