@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+# The C socket module, not `socket`: socket.py's enum conversions of the constants and
+# its selectors import were 2 ms of `rbd status`'s start (benchmarks/client_startup.py),
+# and a connection needs none of what it adds (socket.socket subclasses this one).
+import _socket
 import itertools
 import os
-import socket
 import time
 
 from rbd.client.errors import (
@@ -29,7 +32,7 @@ REPLY_TIMEOUT_S = 60.0
 
 
 class Connection:
-    def __init__(self, sock: socket.socket, path: str) -> None:
+    def __init__(self, sock: _socket.socket, path: str) -> None:
         self.sock = sock
         self.path = path
         # Our own buffer, not sock.makefile(): a file object is unusable after
@@ -42,7 +45,7 @@ class Connection:
     def open(cls, path: str | None = None) -> Connection:
         """Connect and say hello; DaemonUnreachable if nobody answers."""
         path = path or paths.socket_path()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.settimeout(CONNECT_TIMEOUT_S)
         try:
             sock.connect(path)

@@ -65,13 +65,18 @@ def toolchain_key(root: Path, env: Mapping[str, str], rustc: str) -> tuple[Any, 
     equal keys, equal answers. The environment variables that choose the toolchain, the
     rust-toolchain files of root and above, rustup's settings, its toolchains (each one's
     installed components: `rustup component add` changes them), its update hashes
-    (`rustup update`), and the rustc and cargo PATH finds."""
+    (`rustup update`), and the rustc, cargo and rustup PATH finds (rustup answers the
+    probe's toolchain and component lists).
+
+    The cargo config hierarchy is no part of it: where it chooses the rustc
+    (build.rustc), a caller asking that rustc passes it in as rustc (a build's
+    conditions do), and callers read the rest of it anew each time."""
     home = env.get("HOME") or os.path.expanduser("~")
     rustup_home = Path(env.get("RUSTUP_HOME") or Path(home) / ".rustup")
     files = [d / name for d in (root, *root.parents) for name in TOOLCHAIN_FILES]
     files += [rustup_home / "settings.toml", rustup_home / "toolchains"]
     path = env.get("PATH", os.defpath)
-    for program in (rustc, "cargo"):
+    for program in (rustc, "cargo", "rustup"):
         found = shutil.which(program, path=path)
         if found is not None:
             files.append(Path(found))

@@ -27,6 +27,7 @@ FAST = [
     ("benchmarks.cancel", "run"),
     ("benchmarks.loop_figures", "figure4"),
     ("benchmarks.loop_figures", "figure5_client"),
+    ("benchmarks.client_startup", "run"),
     ("benchmarks.footprint", "run"),
     ("benchmarks.store_bench", "run"),
     ("benchmarks.scaling", "run"),

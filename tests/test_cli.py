@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import sys
@@ -241,3 +242,154 @@ def test_no_command_prints_a_traceback_whatever_rbd_s_directories_are(
         assert not os.path.exists(rbd.lock), said
     for log in (rbd.base / "state" / "rbd").glob("*.log"):
         assert "Traceback" not in log.read_text(), log
+
+
+# --- the parser: one subcommand's, as main() builds it -------------------------------
+
+ARGVS = [
+    ["status"],
+    ["status", "--json", "some/dir"],
+    ["status", "a", "b"],
+    ["status", "--bogus"],
+    ["start", "--run-bin", "web", "--listen", "127.0.0.1:3000", "--settle-ms", "5"],
+    ["start", "--settle-ms", "x"],
+    ["tune", "apply", "s1", "s2", "--dry-run"],
+    ["tune"],
+    ["tune", "undo"],
+    ["history", "--limit", "3", "--changes"],
+    ["show", "x"],
+    ["bench", "--configs", "default,mold", "--runs", "2"],
+    ["logs", "-f", "--app", "d"],
+]
+
+
+def outcome(argv: list[str], command: str | None) -> dict[str, Any] | str:
+    from rbd.client import cli
+    from rbd.client.errors import UsageError
+
+    try:
+        return vars(cli._parser(command).parse_args(argv))
+    except UsageError as exc:
+        return f"usage error: {exc}"
+
+
+@pytest.mark.parametrize("argv", ARGVS, ids=" ".join)
+def test_one_subcommands_parser_parses_as_the_whole_one(argv: list[str]) -> None:
+    """main() builds only the parser of the command argv starts with (4 ms less of
+    every start): what it parses to, and the errors, are those of the whole parser."""
+    assert outcome(argv, argv[0]) == outcome(argv, None)
+
+
+def test_every_subcommand_is_listed_and_its_help_is_the_same_alone(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from rbd.client import cli
+
+    whole = cli._parser()
+    assert whole._subparsers is not None
+    choices = whole._subparsers._group_actions[0].choices
+    assert choices is not None and tuple(choices) == cli.COMMANDS
+    for command in cli.COMMANDS:
+        helps = []
+        for parser in (whole, cli._parser(command)):
+            with pytest.raises(SystemExit):
+                parser.parse_args([command, "--help"])
+            helps.append(capsys.readouterr().out)
+        assert helps[0] == helps[1] and f"usage: rbd {command}" in helps[0]
+
+
+STATUS_ARGVS = [
+    ["status"],
+    ["status", "--json"],
+    ["status", "d"],
+    ["status", "--json", "d"],
+    ["status", "d", "--json"],
+    ["status", ""],
+    ["status", "a b", "--json"],
+    ["status", "--json", "--json"],
+    ["status", "a", "b"],
+    ["status", "-1"],
+    ["status", "-"],
+    ["status", "--js"],
+    ["status", "--json=1"],
+    ["status", "-h"],
+    ["status", "--bogus", "d"],
+    ["status", "d", "--json", "e"],
+    ["statu"],
+    ["history"],
+    [],
+]
+
+
+@pytest.mark.parametrize("argv", STATUS_ARGVS, ids=lambda argv: " ".join(argv) or "nothing")
+def test_status_parsed_without_argparse_is_what_argparse_parses(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """main() parses `rbd status`'s plain forms itself (argparse is 2 ms of its start):
+    each such parse equals argparse's, and every other form is left to argparse."""
+    from rbd.client import cli
+
+    fast = cli._status_args(argv)
+    if fast is not None:
+        assert vars(fast) == outcome(argv, argv[0])
+    plain = len(argv) <= 3 and argv[:1] == ["status"] and argv.count("--json") <= 1
+    plain = plain and len([w for w in argv[1:] if w != "--json"]) <= 1
+    plain = plain and not any(w.startswith("-") and w != "--json" for w in argv[1:])
+    assert (fast is not None) == plain, argv
+
+
+# --- `rbd status` ends without the interpreter's finalization ----------------------
+
+# main() as a call from Python runs it: returned, then the interpreter's orderly exit.
+ORDERLY = "import sys; from rbd.client.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def ends(argv: list[str], env: dict[str, str], cwd: Path) -> list[tuple[int, str, str]]:
+    """(exit code, stdout, stderr) of argv run normally, with stdout closed, and into a
+    pipe whose reader has gone."""
+    normal = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
+    closed = subprocess.run(
+        ["sh", "-c", 'exec "$@" >&-', "sh", *argv],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        broken = subprocess.run(
+            argv, env=env, cwd=cwd, stdout=writer, stderr=subprocess.PIPE, text=True, check=False
+        )
+    finally:
+        os.close(writer)
+    # Numbers vary from run to run (the daemon's uptime): the text around them may not.
+    return [
+        (normal.returncode, re.sub(r"[0-9.]+", "N", normal.stdout), normal.stderr),
+        (closed.returncode, closed.stdout, closed.stderr),
+        (broken.returncode, "", broken.stderr),
+    ]
+
+
+def test_status_ends_as_an_orderly_exit_would(rbd: Rbd, crate: Path) -> None:
+    """The console script's `rbd status` skips the interpreter's finalization (os._exit
+    once its output is flushed): the same output and exit code as the orderly exit,
+    with stdout closed too, and the same report when the output cannot be written."""
+    rbd.start_daemon()
+    events = rbd.events()
+    rbd.ok("start", cwd=crate)
+    events.finished()
+    # Buffered output, as a user's: unbuffered, a closed pipe fails the print itself.
+    env = {k: v for k, v in rbd.env.items() if k != "PYTHONUNBUFFERED"}
+    script = str(Path(sys.executable).parent / "rbd")
+    gone = {**env, "XDG_RUNTIME_DIR": str(rbd.base / "nowhere")}
+    found = []
+    for args, with_env in ((["status"], env), (["status", "--json"], env), (["status"], gone)):
+        fast = ends([script, *args], with_env, crate)
+        assert fast == ends([sys.executable, "-c", ORDERLY, *args], with_env, crate), args
+        found.append(fast)
+    # What each case was: printed; the interpreter's report of the lost output; no daemon.
+    assert found[0][0][0] == 0 and "[idle]" in found[0][0][1]
+    assert found[0][2][0] == 120 and "BrokenPipeError" in found[0][2][2]
+    assert found[2][0][0] == 3 and "no rbd daemon answers" in found[2][0][2]

@@ -617,3 +617,27 @@ def test_status_imports_no_more_than_the_release(rbd: Rbd, crate: Path) -> None:
     allowed = release_status_modules() | NEW_FOR_THE_NAMESPACE
     assert "rbd.client.cli" in now and "rbd.contract.protocol" in now
     assert not (now - startup) - allowed, sorted((now - startup) - allowed)
+
+
+# What `rbd status` no longer imports, together 5 ms of its start (benchmarks/
+# client_startup.py, issue 17): argparse with gettext and locale (main() parses
+# status's plain forms itself; rbd.client.parser has the argparse parser), shutil and the
+# compressors it imports (the other commands' help formatter, given its width by
+# parser.columns), socket.py and its selectors (the connection uses the C module
+# _socket), struct (the peer check reads its 12 bytes with int.from_bytes). A lazy
+# import that comes back fails here.
+NOT_ON_THE_STATUS_PATH = {
+    "argparse", "gettext", "locale", CLIENT + ".parser",
+    "shutil", "bz2", "lzma", "zlib", "socket", "selectors", "struct",
+}  # fmt: skip
+
+
+def test_status_leaves_out_what_it_made_lazy(rbd: Rbd, crate: Path) -> None:
+    rbd.ok("start", cwd=crate)
+    # As `python -m` runs it and as the console script does (its wrapper, run here by
+    # the same interpreter its shebang names, adds `re` and nothing of these).
+    script = str(Path(sys.executable).parent / "rbd")
+    for args in (["-m", CLIENT, "status"], [script, "status"]):
+        now = importtime_modules(args, rbd.env)
+        assert "rbd.client.cli" in now and "re" in now
+        assert not now & NOT_ON_THE_STATUS_PATH, (args, sorted(now & NOT_ON_THE_STATUS_PATH))
