@@ -4,8 +4,9 @@ Run from the repository root after `.ci/setup`:
 
     .venv/bin/python benchmarks/suite.py [--quick] [--write] [--only 1,2,...]
 
-1. save → cargo spawned; cargo-watch, bacon, watchexec beside it when installed
-   (loop_figures.figure1, over daemon_loop)
+1. save → cargo spawned, interleaved with cargo-watch, bacon and watchexec when
+   installed (PATH, ~/.cache/rbd-bench/peers/bin); builds per editor save pattern
+   (loop_figures.figure1)
 2. a storm of 2,000 changed files: one build; writes under target/: none, no CPU
    burn (storm)
 3. cancelling an outdated build: old processes gone, new cargo spawned; no

@@ -234,3 +234,98 @@ async def test_an_undecided_write_counts_as_the_users_after_a_while(
         h.undecided.clear()
         assert await h.next_launch() == ["src/a.rs", "src/main.rs"]
         tg.cancel_scope.cancel()
+
+
+async def test_a_whole_save_builds_without_settling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Were the mid-save settle applied, this launch would never come.
+    monkeypatch.setattr(scheduler, "MID_SAVE_SETTLE_S", 3600.0)
+    h = Harness(tmp_path, settle_s=0.0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.scheduler.run, False)
+        h.scheduler.notify(["src/a.rs"], unfinished=[])
+        assert await h.next_launch() == ["src/a.rs"]
+        tg.cancel_scope.cancel()
+
+
+async def test_a_change_caught_mid_save_waits_for_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduler, "MID_SAVE_SETTLE_S", 3600.0)
+    h = Harness(tmp_path, settle_s=0.0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.scheduler.run, False)
+        # The saved file gone (renamed away, vim), beside another one saved whole.
+        h.scheduler.notify(["src/a.rs", "src/b.rs"], unfinished=["src/a.rs"])
+        with anyio.fail_after(TIMEOUT):
+            while h.scheduler.state != "settling":
+                await anyio.sleep(0.005)
+        with anyio.move_on_after(0.2):
+            await h.launched.wait()
+        assert h.triggers == [], "built a save caught half done"
+        # Another file whole is not the rest of that save.
+        h.scheduler.notify(["src/c.rs"], unfinished=[])
+        with anyio.move_on_after(0.2):
+            await h.launched.wait()
+        assert h.triggers == [], "built a save caught half done"
+        # The new file, whole: the save is over, built at once.
+        h.scheduler.notify(["src/a.rs"], unfinished=[])
+        assert await h.next_launch() == ["src/a.rs", "src/b.rs", "src/c.rs"]
+        # Without a word on which are whole (None), every path may be mid-save.
+        h.scheduler.notify(["src/d.rs"])
+        with anyio.move_on_after(0.2):
+            await h.launched.wait()
+        assert h.triggers == [["src/a.rs", "src/b.rs", "src/c.rs"]]
+        h.scheduler.notify(["src/d.rs"], unfinished=[])
+        assert await h.next_launch() == ["src/d.rs"]
+        tg.cancel_scope.cancel()
+
+
+async def test_what_git_writes_last_is_built_with_the_rest_of_its_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduler, "MID_SAVE_SETTLE_S", 3600.0)
+    (tmp_path / ".git").mkdir()
+    lock = tmp_path / ".git" / "index.lock"
+    lock.write_text("")
+    h = Harness(tmp_path, settle_s=0.0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.scheduler.run, False)
+        h.scheduler.notify(["src/a.rs"], unfinished=[])
+        with anyio.fail_after(TIMEOUT):
+            while h.scheduler.state != "waiting":
+                await anyio.sleep(0.005)
+        lock.unlink()
+        with anyio.fail_after(TIMEOUT):
+            while h.scheduler.state == "waiting":
+                await anyio.sleep(0.005)
+        # The checkout's last file, handed over after its lock went.
+        h.scheduler.notify(["src/b.rs"], unfinished=[])
+        with anyio.move_on_after(0.2):
+            await h.launched.wait()
+        assert h.triggers == [], "built the checkout without its last files"
+        h.scheduler.request()
+        assert await h.next_launch() == ["src/a.rs", "src/b.rs"]
+        tg.cancel_scope.cancel()
+
+
+async def test_a_checkout_that_ended_before_its_lock_was_looked_at_is_settled_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduler, "MID_SAVE_SETTLE_S", 3600.0)
+    (tmp_path / ".git").mkdir()
+    # Its lock gone already, its index just written: the checkout's last files may be on
+    # their way.
+    (tmp_path / ".git" / "index").write_text("")
+    h = Harness(tmp_path, settle_s=0.0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.scheduler.run, False)
+        h.scheduler.notify(["src/a.rs"], unfinished=[])
+        with anyio.move_on_after(0.2):
+            await h.launched.wait()
+        assert h.triggers == [], "built a checkout that may not be over"
+        h.scheduler.notify(["src/b.rs"], unfinished=[])
+        h.scheduler.request()
+        assert await h.next_launch() == ["src/a.rs", "src/b.rs"]
+        tg.cancel_scope.cancel()

@@ -190,7 +190,7 @@ class Build:
 
         cargo writes Cargo.lock while resolving. A build script runs between
         cargo's `invoked.timestamp` (touched just before the script starts,
-        for its own rerun-if-changed checks) and its `output` file: a file
+        for its own rerun-if-changed checks) and cargo's report of it: a file
         whose mtime falls in such a run was written by the script. Deciding
         by mtime, not by when the event arrived, keeps a user's edit made
         during or after the build a change.
@@ -456,15 +456,17 @@ class Build:
             self._on_script_run(str(message.get("out_dir", "")))
 
     def _on_script_run(self, out_dir: str) -> None:
-        # cargo reports fresh build scripts too; only a run of this build counts.
+        # cargo reports fresh build scripts too; only a run of this build counts. The run
+        # ends by the time cargo reports it, not at its `output` file's mtime: cargo sets
+        # that to the run's start (seen: both equal, and the script's own write 8 ms
+        # later, judged the user's: the build cancelled and run again).
         unit_dir = Path(out_dir).parent
         try:
             start = (unit_dir / "invoked.timestamp").stat().st_mtime_ns
-            end = (unit_dir / "output").stat().st_mtime_ns
         except OSError:
             return
         if start >= self.spawned_wall_ns - MTIME_SLACK_NS:
-            self._script_runs.append((start, max(start, end)))
+            self._script_runs.append((start, max(start, time.time_ns())))
 
     def _on_artifact(self, message: dict[str, Any]) -> None:
         now = time.monotonic()

@@ -2,19 +2,30 @@
 
 States: idle -> settling (changes seen, waiting for quiet) -> waiting (git
 holds .git/index.lock: a checkout or rebase is writing the tree) ->
-building -> idle. A change during a build is looked at once the settle time
-has passed (so a build script's just-written file is recognised as the
-build's own); a change that is the user's cancels the build, and the next
-build, after settling, covers both. A build asked for (`rbd build`, `request()`)
-is such a change with no path and nothing to settle: it cancels a running build at
-once and the next build, launched without settling, covers it. A bench of the project
-holds it `paused`. Each change of state is reported to the scheduler's on_state.
+building -> idle. A save the watcher saw whole (every changed file there, not
+empty) builds at once: the watcher hands a batch over only after WATCH_STEP_MS
+without a new event and reads the files' content then, so an editor's save that
+wrote, renamed or truncated in steps less than that apart arrives as its end
+state. Waiting 20 ms more was two thirds of rbd's save -> cargo spawned (33 ms
+p50 measured beside bacon's 21 ms). A change caught mid-save (a saved file gone
+between a rename away and the new one's, or emptied between a truncate and its
+write) waits up to MID_SAVE_SETTLE_S for the rest, until the watcher sees that
+file whole again; a checkout waits that long once git's lock is gone (or once its
+index is found just written: the lock may have gone before rbd looked). The
+`settle_ms` setting adds quiet time to every change. A change during a build is
+looked at once OUTDATED_AFTER_S (or the settle time) has passed (so a build
+script's just-written file is recognised as the build's own); a change that is
+the user's cancels the build, and the next build covers both. A build asked for
+(`rbd build`, `request()`) is such a change with no path and nothing to settle:
+it cancels a running build at once and the next build, launched without
+settling, covers it. A bench of the project holds it `paused`. Each change of
+state is reported to the scheduler's on_state.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -33,8 +44,23 @@ GIT_LOCK_POLL_S = 0.02
 # storm is waited out for longer before building once.
 STORM_PATHS = 10
 STORM_QUIET_S = 0.3
+# The quiet a change caught mid-save waits for the rest, unless the rest comes first (the
+# file seen whole again): the rest of an editor's save (its new file after the rename of
+# the old one away, the write after a truncate) is a few milliseconds behind, 10-20 ms
+# on a loaded machine, and reaches the scheduler one watch batch (up to 2 x
+# WATCH_STEP_MS) later. The 20 ms every change settled for before was too short for that
+# (seen: a save stalled 12 ms between truncate and write built the empty file, then
+# again); a user's deleted or emptied file waits this long.
+MID_SAVE_SETTLE_S = 0.05
+# A change during a build is judged (the build's own write? the user's?) no sooner: a
+# build script's write and cargo's report of the script arrive about together.
+OUTDATED_AFTER_S = 0.02
 # A crashed git leaves index.lock behind; after this long rbd builds anyway.
 GIT_LOCK_MAX_WAIT_S = 30.0
+# git wrote its index less than this long ago: a checkout may have ended between the
+# watcher's batch of its first files and the scheduler's look at the lock, the rest of its
+# files a batch behind (seen: a build of 1 file of a 30-file checkout, then another).
+GIT_INDEX_RECENT_S = 0.1
 
 
 # A write a running build script may have made is decided once cargo reports the script
@@ -91,6 +117,10 @@ class Scheduler:
         self._launch = launch
         # Changed paths (relative to root) not yet built, with when each was seen.
         self._pending: dict[str, float] = {}
+        # Those caught mid-save (see MID_SAVE_SETTLE_S) and not seen whole since.
+        self._unfinished: set[str] = set()
+        # git's lock went a moment ago: its last writes may still be on their way.
+        self._after_git = False
         # The running build was cancelled because changes (or a request) outdated it.
         self._outdated = False
         # Builds asked for (`request()`), counted; the first `covered` of them were asked
@@ -166,9 +196,14 @@ class Scheduler:
         finally:
             self._holding = False
 
-    def notify(self, paths: list[str]) -> None:
+    def notify(self, paths: list[str], unfinished: Iterable[str] | None = None) -> None:
+        """Changed paths, relative to root, and those of them the watcher found gone or
+        empty: maybe mid-save, settled for (None: any of them may be). The others it saw
+        whole: the end of a save, which ends the settle an unfinished look at them began."""
         if not paths:
             return
+        maybe = set(paths if unfinished is None else unfinished)
+        self._unfinished = (self._unfinished - set(paths)) | maybe
         now = time.monotonic()
         for path in paths:
             self._pending.setdefault(path, now)
@@ -203,17 +238,24 @@ class Scheduler:
             trigger = list(self._pending)
             first_seen = min(self._pending.values(), default=None)
             self._pending.clear()
+            self._unfinished.clear()
+            self._after_git = False
             self.covered = self._asked
             await self._build(trigger, first_seen)
 
     async def _quiet_for(self, seconds: float) -> None:
-        """Return once no change has arrived for `seconds` (longer in a storm), or at
-        once when a build was asked for."""
+        """Return once no change has arrived for `seconds` (longer mid-save, longer still
+        in a storm), or at once when a build was asked for."""
         while True:
             if self._requested:
                 return
             self._wake = anyio.Event()
-            quiet = max(seconds, STORM_QUIET_S) if len(self._pending) >= STORM_PATHS else seconds
+            mid_save = bool(self._unfinished) or self._after_git
+            quiet = max(seconds, MID_SAVE_SETTLE_S) if mid_save else seconds
+            if len(self._pending) >= STORM_PATHS:
+                quiet = max(quiet, STORM_QUIET_S)
+            if quiet <= 0:
+                return
             with anyio.move_on_after(quiet):
                 await self._wake.wait()
                 continue
@@ -225,7 +267,10 @@ class Scheduler:
                 self.state = "settling"
             await self._quiet_for(self.settle_s)
             if not self._git_busy():
-                return
+                if self._after_git or not self._git_just_wrote():
+                    return
+                self._after_git = True
+                continue
             self.state = "waiting"
             with anyio.move_on_after(GIT_LOCK_MAX_WAIT_S):
                 while self._git_busy():
@@ -233,9 +278,22 @@ class Scheduler:
             if self._git_busy():
                 log.warning("git_lock_stale", root=str(self.root), waited_s=GIT_LOCK_MAX_WAIT_S)
                 return
+            # git's last writes reach rbd a watch batch after its lock went: the checkout
+            # is settled as a save caught mid-way is (seen: its last files outdated the
+            # build launched without them, a second build).
+            self._after_git = True
 
     def _git_busy(self) -> bool:
         return self._git_dir is not None and (self._git_dir / "index.lock").exists()
+
+    def _git_just_wrote(self) -> bool:
+        if self._git_dir is None:
+            return False
+        try:
+            written = (self._git_dir / "index").stat().st_mtime
+        except OSError:
+            return False
+        return time.time() - written < GIT_INDEX_RECENT_S
 
     async def _build(self, trigger: list[str], first_seen: float | None) -> None:
         self.state = "building"
@@ -284,7 +342,7 @@ class Scheduler:
                 self._outdated = True
                 requested.cancel()
                 return
-            await anyio.sleep(self.settle_s)
+            await anyio.sleep(max(self.settle_s, OUTDATED_AFTER_S))
             build = self.current
             if build is None:
                 continue
