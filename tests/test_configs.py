@@ -1,7 +1,9 @@
 """Build configurations, built with real cargo on tiny crates: each links with the linker it
 names, lands in target/rbd/<name>, keeps the user's rustflags and leaves the user's own
 target dir fresh. Cranelift is only checked for the command it produces (and, where a
-nightly toolchain exists, that nightly cargo accepts it): no toolchain here has its backend."""
+nightly toolchain exists, that nightly cargo accepts it): no toolchain here has its backend.
+wild links for real where it is installed, parallel-frontend builds with the nightly
+where there is one; each test that needs them skips with the reason otherwise."""
 
 from __future__ import annotations
 
@@ -10,13 +12,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import anyio
 import pytest
 
+from rbd.daemon.advice import probe
 from rbd.daemon.build import configurations
 from rbd.daemon.build.linker import identify
 from rbd.daemon.errors import ConfigError, Unavailable
 from rbd.daemon.projects.settings import ProjectConfig
-from tests.conftest import make_crate
+from tests.conftest import Rbd, make_crate
 
 CARGO_TIMEOUT_S = 120
 # Variables of the developer's shell that would change what these builds do.
@@ -28,6 +32,10 @@ NEEDS_USER_FLAG = (
     "fn main() {}\n"
 )
 needs_mold = pytest.mark.skipif(shutil.which("ld.mold") is None, reason="mold is not installed")
+WILD = probe.wild_program(dict(os.environ))
+needs_wild = pytest.mark.skipif(
+    WILD is None, reason="wild is not installed: cargo install --locked wild-linker"
+)
 
 
 @pytest.fixture(scope="module")
@@ -322,6 +330,8 @@ def test_argv_keeps_dash_dash_and_replaces_target_dir(tmp_path: Path, host: str)
         ("Mold", "unknown build configuration 'Mold'"),
         ("mold+lld", "at most one linker"),
         ("line-tables-only+no-debuginfo", "at most one debuginfo"),
+        ("wild+mold", "at most one linker"),
+        ("split-debuginfo+no-debuginfo", "no debuginfo to split"),
         ("mold+mold", "named twice"),
         ("default+mold", "default cannot be combined"),
         ("mold+", "unknown build configuration ''"),
@@ -338,9 +348,162 @@ def test_names() -> None:
         "mold",
         "lld",
         "bfd",
+        "wild",
         "line-tables-only",
         "no-debuginfo",
+        "split-debuginfo",
         "deps-opt",
         "cranelift",
+        "parallel-frontend",
         "sccache",
     )
+
+
+@needs_wild
+def test_wild_links_through_a_directory_that_outlives_the_target_dir(
+    tmp_path: Path, host: str
+) -> None:
+    crate = make_crate(tmp_path / "demo")
+    env = clean_env()
+    run(["cargo", "build"], crate, env)
+    tools = tmp_path / "tools"
+    config = configurations.resolve(
+        "wild", crate, crate / "target", env, host, None, tools_dir=tools
+    )
+    assert config.available, config.reason
+    build(config, crate, env)
+    assert identify(crate / "target" / "rbd" / "wild" / "debug" / "demo") == "wild"
+    assert (tools / "wild" / "ld").resolve() == Path(str(WILD)).resolve()
+    assert not (crate / "target" / "rbd" / "wild" / "ld").exists()
+    assert_user_tree_fresh(crate, env)
+
+
+def test_wild_directory_is_repointed_atomically(tmp_path: Path) -> None:
+    first, second = tmp_path / "a" / "wild", tmp_path / "b" / "wild"
+    for program in (first, second):
+        program.parent.mkdir()
+        program.write_text("")
+    directory = configurations.wild_dir(str(first), tmp_path / "tools")
+    assert os.readlink(directory / "ld") == str(first)
+    assert configurations.wild_dir(str(second), tmp_path / "tools") == directory
+    assert os.readlink(directory / "ld") == str(second)
+    assert sorted(p.name for p in directory.iterdir()) == ["ld"]
+
+
+def test_wild_flags_and_combinations(tmp_path: Path, host: str) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "wild").write_text("#!/bin/sh\n")
+    (bin_dir / "wild").chmod(0o755)
+    env = clean_env(PATH=f"{bin_dir}:{os.environ['PATH']}")
+    tools = tmp_path / "tools"
+    config = configurations.resolve(
+        "line-tables-only+wild",
+        tmp_path,
+        tmp_path / "target",
+        env,
+        "x86_64-unknown-linux-gnu",
+        None,
+        tools_dir=tools,
+    )
+    assert config.name == "wild+line-tables-only" and config.available
+    assert config.env == {
+        "CARGO_ENCODED_RUSTFLAGS": f"-Clinker-features=-lld\x1f-Clink-arg=-B{tools / 'wild'}"
+    }
+    # Elsewhere on Linux gcc's default ld is asked for: the -B directory alone does it.
+    assert configurations.wild_flags(tools, "aarch64-unknown-linux-gnu") == [
+        f"-Clink-arg=-B{tools}"
+    ]
+
+
+def test_wild_not_installed_says_how_to_install(tmp_path: Path, host: str) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # Neither on PATH nor where cargo install puts it.
+    env = clean_env(PATH=str(bin_dir), CARGO_HOME=str(tmp_path / "cargo"))
+    config = resolve("wild+split-debuginfo", tmp_path, env, host)
+    assert not config.available and config.reason == configurations.WILD_HINT
+    assert "cargo install --locked wild-linker" in config.reason and "\n" not in config.reason
+    (tmp_path / "cargo" / "bin").mkdir(parents=True)
+    (tmp_path / "cargo" / "bin" / "wild").write_text("#!/bin/sh\n")
+    (tmp_path / "cargo" / "bin" / "wild").chmod(0o755)
+    assert probe.wild_program(env) == str(tmp_path / "cargo" / "bin" / "wild")
+
+
+def test_split_debuginfo_keeps_debuginfo_in_dwo_files(tmp_path: Path, host: str) -> None:
+    crate = make_crate(tmp_path / "demo")
+    env = clean_env()
+    run(["cargo", "build"], crate, env)
+    config = resolve("split-debuginfo+line-tables-only", crate, env, host)
+    assert config.name == "line-tables-only+split-debuginfo" and config.env == {}
+    err = build(config, crate, env)
+    assert "-C split-debuginfo=unpacked" in err and "-C debuginfo=line-tables-only" in err
+    out = crate / "target" / "rbd" / "line-tables-only+split-debuginfo"
+    assert (out / "debug" / "demo").is_file()
+    assert list(out.rglob("*.dwo")), "no .dwo files"
+    assert_user_tree_fresh(crate, env)
+
+
+def test_parallel_frontend_command(tmp_path: Path, host: str) -> None:
+    target = tmp_path / "target"
+    env = clean_env()
+    config = configurations.resolve(
+        "parallel-frontend", tmp_path, target, env, host, None, nightly="nightly", cores=4
+    )
+    assert config.available and config.toolchain == "nightly"
+    assert config.env == {"CARGO_ENCODED_RUSTFLAGS": "-Zthreads=4"}
+    assert config.argv(["cargo", "build"]) == [
+        "cargo", "+nightly", "build", "--target-dir", str(target / "rbd" / "parallel-frontend"),
+    ]  # fmt: skip
+    missing = configurations.resolve("parallel-frontend", tmp_path, target, env, host, None)
+    assert not missing.available and missing.reason == configurations.PARALLEL_HINT
+    assert "rustup toolchain install nightly" in missing.reason
+    one = configurations.resolve(
+        "parallel-frontend", tmp_path, target, env, host, None, nightly="nightly", cores=1
+    )
+    assert not one.available and one.reason and "one CPU" in one.reason
+
+
+@needs_mold
+def test_parallel_frontend_and_a_linker_share_one_rustflags_setting(
+    tmp_path: Path, host: str
+) -> None:
+    env = clean_env(RUSTFLAGS="--cfg rbd_user")
+    config = configurations.resolve(
+        "parallel-frontend+mold", tmp_path, tmp_path / "t", env, host, None, nightly="n", cores=2
+    )
+    assert config.name == "mold+parallel-frontend"
+    assert config.env["CARGO_ENCODED_RUSTFLAGS"].split("\x1f") == [
+        "--cfg", "rbd_user", *configurations.linker_flags("mold", host), "-Zthreads=2",
+    ]  # fmt: skip
+
+
+@pytest.mark.skipif(not _has_nightly(), reason="no nightly toolchain")
+def test_parallel_frontend_builds_with_the_nightly(tmp_path: Path, host: str) -> None:
+    crate = make_crate(tmp_path / "demo")
+    env = clean_env()
+    run(["cargo", "build"], crate, env)
+    (config,) = anyio.run(
+        configurations.for_machine, ["parallel-frontend"], crate, crate / "target", env
+    )
+    assert config.available, config.reason
+    assert config.toolchain is not None and config.toolchain.startswith("nightly")
+    err = build(config, crate, env)
+    threads = f"-Zthreads={probe.available_cores()}"
+    assert any("--crate-name demo" in line and threads in line for line in err.splitlines()), err
+    assert (crate / "target" / "rbd" / "parallel-frontend" / "debug" / "demo").is_file()
+    # The user's own builds stay on their toolchain and their target dir stays fresh.
+    assert_user_tree_fresh(crate, env)
+
+
+@needs_wild
+def test_the_daemon_builds_with_wild_and_records_it(rbd: Rbd, tmp_path: Path) -> None:
+    crate = make_crate(tmp_path / "demo")
+    rbd.start_daemon()
+    events = rbd.events()
+    rbd.ok("start", "--config", "split-debuginfo+wild", cwd=crate)
+    build = events.finished(timeout=CARGO_TIMEOUT_S)
+    assert build["outcome"] == "success" and build["config"] == "wild+split-debuginfo"
+    # Read from the binary (daemon.build.linker): wild's mark, not GNU ld's silence.
+    assert build["linker"] == "wild"
+    assert (crate / "target" / "rbd" / "wild+split-debuginfo" / "debug" / "demo").is_file()

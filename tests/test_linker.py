@@ -53,6 +53,18 @@ def test_gold(tmp_path: Path) -> None:
     assert identify(link(tmp_path, "-Clinker-features=-lld -Clink-arg=-fuse-ld=gold")) == "gold"
 
 
+@pytest.mark.skipif(
+    shutil.which("wild") is None, reason="wild is not installed: cargo install --locked wild-linker"
+)
+@pytest.mark.skipif(not LINUX_X86, reason="-Clinker-features is x86_64 Linux only")
+def test_wild(tmp_path: Path) -> None:
+    # gcc 12 has no -fuse-ld=wild: it finds wild as the `ld` of a -B directory.
+    (tmp_path / "ld-dir").mkdir()
+    (tmp_path / "ld-dir" / "ld").symlink_to(str(shutil.which("wild")))
+    flags = f"-Clinker-features=-lld -Clink-arg=-B{tmp_path / 'ld-dir'}"
+    assert identify(link(tmp_path, flags)) == "wild"
+
+
 def test_not_elf_is_unknown(tmp_path: Path) -> None:
     (tmp_path / "script").write_text("#!/bin/sh\n")
     assert identify(tmp_path / "script") == "unknown"

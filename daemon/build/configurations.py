@@ -31,6 +31,26 @@ Measured with rustc/cargo 1.95 on x86_64-unknown-linux-gnu (gcc 12 as linker dri
   cargo refuses it ("requires the Cargo feature called `codegen-backend`"). Without the
   rustc-codegen-cranelift-preview component rustc fails with "failed to find a
   `codegen-backends` folder": it was never run to completion here.
+- wild (crates.io `wild-linker`, binary `wild`; 0.11 needs rustc 1.99, 0.10.0 installs
+  with 1.95: `cargo install --locked wild-linker --version 0.10.0`, 3 min 55 s on 2 busy
+  cores here). gcc 12's -fuse-ld knows bfd/gold/lld/mold only and no clang is installed,
+  so rbd uses wild's documented `-B` form: a directory holding `ld` -> wild (kept under
+  rbd's cache dir, see wild_dir), with `-Clinker-features=-lld`. Without that flag rustc's
+  `-fuse-ld=lld` still picks rust-lld and the -B directory is never asked for `ld`; with
+  the directory gone gcc silently falls back to GNU ld (both checked with .comment, where
+  wild writes "Linker: Wild 0.10.0 ..."): so the directory must outlive `cargo clean`,
+  and lives outside every target dir.
+- split-debuginfo: `--config profile.dev.split-debuginfo="unpacked"`. It chooses where
+  debuginfo goes, not how much: rustc 1.95 writes .dwo files beside the objects (in
+  deps/ and the incremental dirs) and the linker no longer copies the crate's debuginfo
+  (std's, prebuilt, still is). It combines with line-tables-only (12 .dwo files for a
+  hello world, `-C debuginfo=line-tables-only -C split-debuginfo=unpacked`); with
+  no-debuginfo there is nothing to split, and parse refuses the pair.
+- parallel-frontend: `-Zthreads=<cores>` in rustflags (the way linkers add theirs,
+  rustflags_env) for `cargo +<nightly>`; nightly 1.97 here builds with it (rustc -v shows
+  `-Zthreads=2`). Only rbd's own builds in their own target dir use the nightly (a
+  bench, or `rbd start --config parallel-frontend` asked for by name): the user's own
+  builds change only by the manual change `rbd suggest` shows.
 - sccache: the same build with RUSTC_WRAPPER=sccache (the user's own sccache when their
   wrapper is one, which may have a shared backend, else the one on PATH). RUSTC_WRAPPER
   is not part of cargo's fingerprints, so it could share the user's target dir, but
@@ -42,10 +62,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rbd.contract import paths
 from rbd.daemon.advice import probe
 from rbd.daemon.build import cargo_config, sccache
 from rbd.daemon.errors import ConfigError, Unavailable
@@ -55,10 +77,13 @@ NAMES: tuple[str, ...] = (
     "mold",
     "lld",
     "bfd",
+    "wild",
     "line-tables-only",
     "no-debuginfo",
+    "split-debuginfo",
     "deps-opt",
     "cranelift",
+    "parallel-frontend",
     "sccache",
 )
 # The program gcc's -fuse-ld=<name> runs, and how to get it.
@@ -67,7 +92,15 @@ LINKERS = {
     "lld": ("ld.lld", "lld is not installed (no ld.lld on PATH): apt-get install lld"),
     "bfd": ("ld.bfd", "GNU ld is not installed (no ld.bfd on PATH): apt-get install binutils"),
 }
+# Linkers rbd runs another way than gcc's -fuse-ld (wild: through a -B directory).
+OTHER_LINKERS = ("wild",)
+WILD_HINT = probe.WILD_HINT
 DEBUGINFO = {"line-tables-only": '"line-tables-only"', "no-debuginfo": '"none"'}
+SPLIT_DEBUGINFO = 'profile.dev.split-debuginfo="unpacked"'
+PARALLEL_HINT = (
+    "parallel-frontend needs a nightly toolchain (-Zthreads is unstable): "
+    "rustup toolchain install nightly"
+)
 DEPS_OPT = 'profile.dev.package."*".opt-level=1'
 CRANELIFT_PROFILE = "rbd-cranelift"
 CRANELIFT_HINT = (
@@ -157,10 +190,12 @@ def parse(name: str) -> tuple[str, ...]:
         raise ConfigError(f"{name}: default cannot be combined with anything")
     if len(set(parts)) != len(parts):
         raise ConfigError(f"{name}: a configuration is named twice")
-    for kind, choices in (("linker", LINKERS), ("debuginfo", DEBUGINFO)):
+    for kind, choices in (("linker", (*LINKERS, *OTHER_LINKERS)), ("debuginfo", DEBUGINFO)):
         chosen = [p for p in parts if p in choices]
         if len(chosen) > 1:
             raise ConfigError(f"{name}: at most one {kind} choice ({' or '.join(chosen)})")
+    if "split-debuginfo" in parts and "no-debuginfo" in parts:
+        raise ConfigError(f"{name}: with no-debuginfo there is no debuginfo to split")
     return tuple(sorted(parts, key=NAMES.index))
 
 
@@ -251,6 +286,38 @@ def linker_flags(linker: str, host: str) -> list[str]:
     return [*flags, f"-Clink-arg=-fuse-ld={linker}"]
 
 
+def wild_flags(directory: Path, host: str) -> list[str]:
+    """rustflags that link with the `ld` in directory (wild's, see wild_dir): gcc 12 asks
+    its -B directories for `ld` once rustc's own -fuse-ld=lld is dropped."""
+    flags = ["-Clinker-features=-lld"] if host == RUST_LLD_HOST else []
+    return [*flags, f"-Clink-arg=-B{directory}"]
+
+
+def linkers_dir() -> Path:
+    """Where rbd keeps the directories linkers are run through (wild_dir): its cache dir,
+    which no `cargo clean` empties."""
+    return Path(paths.cache_dir()) / "ld-dirs"
+
+
+def wild_dir(wild: str, base: Path) -> Path:
+    """base/wild, holding `ld` as a symlink to the wild binary (made or re-pointed here,
+    atomically: a build linking now sees the old link or the new one). Raises OSError."""
+    directory = base / "wild"
+    link = directory / "ld"
+    target = os.path.abspath(wild)
+    if os.path.islink(link) and os.readlink(link) == target:
+        return directory
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temporary = directory / f".ld-{uuid.uuid4().hex}"
+    temporary.symlink_to(target)
+    try:
+        os.replace(temporary, link)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
+    return directory
+
+
 def resolve(
     name: str,
     root: Path,
@@ -258,9 +325,16 @@ def resolve(
     env: dict[str, str],
     host: str,
     nightly_cranelift: str | None,
+    *,
+    nightly: str | None = None,
+    cores: int | None = None,
+    tools_dir: Path | None = None,
 ) -> BuildConfig:
-    """The configuration called name for the workspace at root. An unknown or conflicting
-    name raises ConfigError; one this machine lacks comes back with available False."""
+    """The configuration called name for the workspace at root. nightly: the nightly
+    toolchain parallel-frontend builds with (None: none installed); cores: its -Zthreads
+    (default probe.available_cores()); tools_dir: where wild's `ld` directory goes (default
+    linkers_dir()). An unknown or conflicting name raises ConfigError; one this machine
+    lacks comes back with available False."""
     parts = parse(name)
     canonical = "+".join(parts)
     if parts == ("default",):
@@ -268,31 +342,49 @@ def resolve(
     reasons: list[str] = []
     args: list[str] = []
     variables: dict[str, str] = {}
+    # One rustflags setting carries every part's flags (a linker's, -Zthreads).
+    flags: list[str] = []
+    wrapper: str | None = None
     toolchain: str | None = None
     profile: str | None = None
     path = env.get("PATH", os.defpath)
     for part in parts:
-        if part in LINKERS:
-            program, hint = LINKERS[part]
+        if part in LINKERS or part in OTHER_LINKERS:
             if "-linux-" not in host:
                 reasons.append(f"{part}: rbd chooses linkers on Linux only (host {host})")
-            elif shutil.which(program, path=path) is None:
-                reasons.append(hint)
+            elif part == "wild":
+                wild = probe.wild_program(env)
+                if wild is None:
+                    reasons.append(WILD_HINT)
+                else:
+                    try:
+                        flags += wild_flags(wild_dir(wild, tools_dir or linkers_dir()), host)
+                    except OSError as exc:
+                        reasons.append(f"wild: cannot make its ld directory: {exc}")
+            elif shutil.which(LINKERS[part][0], path=path) is None:
+                reasons.append(LINKERS[part][1])
             else:
-                variables, why = rustflags_env(linker_flags(part, host), root, env, host)
-                if why:
-                    reasons.append(why)
+                flags += linker_flags(part, host)
         elif part in DEBUGINFO:
             args += ["--config", f"profile.dev.debug={DEBUGINFO[part]}"]
+        elif part == "split-debuginfo":
+            args += ["--config", SPLIT_DEBUGINFO]
         elif part == "deps-opt":
             args += ["--config", DEPS_OPT]
+        elif part == "parallel-frontend":
+            threads = cores or probe.available_cores()
+            if nightly is None:
+                reasons.append(PARALLEL_HINT)
+            elif threads < 2:
+                reasons.append("parallel-frontend: one CPU, nothing to run in parallel")
+            else:
+                # After cranelift in NAMES: a combination keeps cranelift's nightly.
+                toolchain = toolchain or nightly
+                flags.append(f"-Zthreads={threads}")
         elif part == "sccache":
             wrapper = sccache_program(root, env)
             if wrapper is None:
                 reasons.append(SCCACHE_HINT)
-            else:
-                # Last in NAMES: what a linker part set above is kept.
-                variables = {**variables, "RUSTC_WRAPPER": wrapper}
         elif part == "cranelift":
             if nightly_cranelift is None:
                 reasons.append(CRANELIFT_HINT)
@@ -309,6 +401,12 @@ def resolve(
                 "--profile",
                 profile,
             ]
+    if flags and not reasons:
+        variables, why = rustflags_env(flags, root, env, host)
+        if why:
+            reasons.append(why)
+    if wrapper is not None:
+        variables = {**variables, "RUSTC_WRAPPER": wrapper}
     return BuildConfig(
         name=canonical,
         available=not reasons,
@@ -326,18 +424,19 @@ async def for_machine(
 ) -> list[BuildConfig]:
     """The named configurations for the workspace at root on this machine, in the order
     given, each once (names that resolve alike count once). What they need from the
-    toolchain (the host, a nightly with cranelift) is probed, unless only `default` is
-    asked for. An unknown or conflicting name raises ConfigError; one this machine lacks
+    toolchain (the host, a nightly, with cranelift or not) is probed, unless only `default`
+    is asked for. An unknown or conflicting name raises ConfigError; one this machine lacks
     comes back with available False."""
     names = list(dict.fromkeys(names))
-    host, cranelift = "", None
+    host, cranelift, toolchain = "", None, None
     if any(name != "default" for name in names):
         found = await probe.probe(root, env)
         host = str(found.get("host") or "")
         nightly = found.get("nightly") or {}
-        cranelift = nightly.get("toolchain") if nightly.get("cranelift") else None
+        toolchain = nightly.get("toolchain")
+        cranelift = toolchain if nightly.get("cranelift") else None
     chosen: dict[str, BuildConfig] = {}
     for name in names:
-        resolved = resolve(name, root, target_dir, env, host, cranelift)
+        resolved = resolve(name, root, target_dir, env, host, cranelift, nightly=toolchain)
         chosen.setdefault(resolved.name, resolved)
     return list(chosen.values())

@@ -2,7 +2,8 @@
 
 ELF linkers sign their output: LLD writes "Linker: LLD <version> (<source
 path>)" into `.comment` (rustc's bundled rust-lld names its own LLVM
-checkout there), mold writes "mold <version>", gold adds a
+checkout there), mold writes "mold <version>", wild "Linker: Wild <version>
+(compatible with GNU linkers)" (0.10.0, read from a binary it linked), gold adds a
 `.note.gnu.gold-version` section. GNU ld (bfd) leaves no mark, so an ELF
 binary with none of these is taken to be bfd's. Anything that is not ELF is
 `unknown`.
@@ -53,7 +54,7 @@ def _sections(f: BinaryIO) -> dict[bytes, bytes]:
 
 
 def identify(path: Path) -> str:
-    """`rust-lld`, `lld`, `mold`, `gold`, `bfd` or `unknown`."""
+    """`rust-lld`, `lld`, `mold`, `wild`, `gold`, `bfd` or `unknown`."""
     try:
         with path.open("rb") as f:
             sections = _sections(f)
@@ -64,6 +65,8 @@ def identify(path: Path) -> str:
         return "rust-lld" if any(mark in comment for mark in RUST_LLD_MARKS) else "lld"
     if b"mold " in comment:
         return "mold"
+    if b"Linker: Wild " in comment:
+        return "wild"
     if b".note.gnu.gold-version" in sections:
         return "gold"
     return "bfd"
