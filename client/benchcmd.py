@@ -88,7 +88,8 @@ class _Progress:
         self.lines = lines
 
     def __call__(self, event: Mapping[str, Any]) -> None:
-        if event.get("event") != protocol.BENCH_PROGRESS:
+        if event.get("event") != protocol.BENCH_PROGRESS or event.get("idle"):
+            # An idle bench's last builds, stopped for this one.
             return
         if self.live:
             print("\r\033[K" + benchtable.progress(event), end="", file=sys.stderr, flush=True)

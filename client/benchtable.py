@@ -171,6 +171,11 @@ def started(event: Mapping[str, Any]) -> str:
     """A bench_started event: what the bench measures and how many builds that takes."""
     configs = ", ".join(event.get("configs") or [])
     modes = " and ".join(event.get("modes") or [])
+    if event.get("idle"):
+        return (
+            f"idle bench started: {configs} ({modes}), {event.get('total')} builds at the"
+            " lowest priority; the project's builds go on, a save stops it"
+        )
     return (
         f"bench started: {configs} ({modes}), {event.get('runs')} counted runs after"
         f" {event.get('warmup')} warm-up, {event.get('total')} builds;"
@@ -181,7 +186,7 @@ def started(event: Mapping[str, Any]) -> str:
 def finished(event: Mapping[str, Any]) -> str:
     """A bench_finished event: its stored report's id, or why it ended without one."""
     if event.get("error"):
-        return f"bench ended: {event['error']}"
+        return event["error"] if event.get("idle") else f"bench ended: {event['error']}"
     report = event.get("report") or {}
     stored = f" (#{report['id']}; `rbd suggest` cites it)" if report.get("id") else ""
-    return f"bench finished{stored}"
+    return f"{'idle bench' if event.get('idle') else 'bench'} finished{stored}"

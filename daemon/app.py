@@ -17,6 +17,8 @@ import anyio
 import structlog
 
 from rbd.contract import paths
+from rbd.daemon.advice import advisor
+from rbd.daemon.bench.idle import IdleBenches
 from rbd.daemon.bench.job import Benches
 from rbd.daemon.build import procs
 from rbd.daemon.build.shim import Shims
@@ -117,6 +119,13 @@ class Daemon:
             )
             benches = Benches(registry, self.store, self.hub, self.shims)
             await tg.start(benches.run)
+            idle = IdleBenches(
+                registry,
+                benches,
+                self.store,
+                lambda p: advisor.suggestions(self.store, p.key, p.env, p.overrides),
+            )
+            await tg.start(idle.run)
             services = Services(
                 info=self.info,
                 store=self.store,

@@ -1,6 +1,11 @@
 """`rbd bench` as a daemon job: one at a time, in a task group of its own (a client
 that leaves does not stop it; `bench_cancel` does), with the watched project's own
-builds held meanwhile and the report stored for `rbd suggest`."""
+builds held meanwhile and the report stored for `rbd suggest`.
+
+An idle bench (daemon.bench.idle decides when) is the same job in the same slot, with
+two differences: the project's builds are not held (its cargo runs at the lowest
+priority instead, and a save stops it: `stop_idle`), and it gives way: a bench someone
+asks for stops it first, then runs."""
 
 from __future__ import annotations
 
@@ -15,10 +20,12 @@ from anyio.abc import TaskGroup, TaskStatus
 from rbd.contract import paths, protocol
 from rbd.contract.schema import BenchCancelReply, BenchFinished, BenchReply, BenchReport
 from rbd.daemon import logsetup
+from rbd.daemon.bench import freshness
 from rbd.daemon.bench.runner import Bench, Emit, Options
 from rbd.daemon.build.shim import Shims
 from rbd.daemon.errors import BenchCancelled, Busy, DaemonError, NotWatched, StoreError
 from rbd.daemon.projects import workspace as workspaces
+from rbd.daemon.projects.project import Project
 from rbd.daemon.projects.registry import Registry
 from rbd.daemon.rpc.events import EventHub
 from rbd.daemon.store.asyncstore import AsyncStore
@@ -31,9 +38,13 @@ TRIGGERS_CONSIDERED = 200
 class BenchJob:
     """One bench being run."""
 
-    def __init__(self, bench: Bench, root: str) -> None:
+    def __init__(self, bench: Bench, root: str, idle: bool = False) -> None:
         self.bench = bench
         self.root = root
+        self.idle = idle
+        # Why an idle bench was stopped early (a save, a bench asked for); None: it was
+        # not, or its budget ran out (the scope's deadline).
+        self.stopped: str | None = None
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
         self.report: BenchReport | None = None
@@ -51,6 +62,13 @@ class Benches:
         self.shims = shims
         self.running: BenchJob | None = None
         self._tasks: TaskGroup | None = None
+        # Benches asked for and being prepared (cargo metadata runs): no idle bench starts.
+        self._asked = 0
+
+    @property
+    def busy(self) -> bool:
+        """Whether a bench runs or one asked for is being prepared."""
+        return self.running is not None or self._asked > 0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Hold the benches' task group open until cancelled (`await tg.start(benches.run)`)."""
@@ -66,12 +84,13 @@ class Benches:
         """Run a bench of the watched project at path, in the project's own environment
         and settings; its report (or, detached, at once its start).
 
-        Raises Busy if a bench is running, NotWatched if path is in no watched
+        Raises Busy if a bench someone asked for is running (an idle one is stopped
+        first, and waited for), NotWatched if path is in no watched
         project, ProjectError (cargo metadata failed), BenchCancelled if cancelled
         before it finished, or the DaemonError the bench failed with; a bug in the
         bench is answered as a DaemonError (`internal`) once logged.
         """
-        if self.running is not None:
+        if self.running is not None and not self.running.idle:
             raise Busy(f"a bench of {self.running.root} is running (rbd bench --cancel stops it)")
         project = self.registry.find(path)
         if project is None:
@@ -80,6 +99,19 @@ class Benches:
                 f"{path} is not inside a project rbd watches: `rbd start` it first, or "
                 "`rbd bench --foreground` runs the bench without the daemon"
             )
+        self._asked += 1
+        try:
+            return await self._start(project, options, detach)
+        finally:
+            self._asked -= 1
+
+    async def _start(self, project: Project, options: Options, detach: bool) -> BenchReply:
+        if self.running is not None:
+            # An idle bench: asked for, this one goes first (the idle one starts over once
+            # the projects are idle again).
+            await self.stop_idle("a bench was asked for", wait=True)
+        if self.running is not None:
+            raise Busy(f"a bench of {self.running.root} is running (rbd bench --cancel stops it)")
         env, overrides = project.env, project.overrides
         workspace = await workspaces.load(project.root, env)
         root = str(workspace.root)
@@ -151,11 +183,106 @@ class Benches:
         assert job.report is not None
         return {"project": root, "report": job.report}
 
+    def start_idle(
+        self,
+        project: Project,
+        options: Options,
+        program: str,
+        triggers: list[list[str]],
+        budget_s: float,
+        reader: freshness.Reader,
+    ) -> BenchJob:
+        """Start an idle bench of project (daemon.bench.idle checked it may run), its
+        cargo run through program (daemon.bench.priority's wrapper), stopped after
+        budget_s. Returns its job, whose `done` is set once it ended and `report` holds
+        what it stored. Raises Busy if a bench runs, DaemonError when stopping."""
+        if self.busy:
+            raise Busy(f"a bench of {self.running.root if self.running else 'a project'} runs")
+        if self._tasks is None:
+            raise DaemonError("the daemon is not running benches (it is stopping)")
+        root = project.key
+
+        def emit(event: Mapping[str, Any]) -> None:
+            self.hub.publish({"project": root, **event})
+
+        bench = Bench(
+            project.workspace,
+            project.env,
+            options,
+            self.shims,
+            emit,
+            triggers,
+            project.overrides,
+            reader=reader,
+            program=program,
+            idle=True,
+        )
+        job = BenchJob(bench, root, idle=True)
+        job.scope = anyio.CancelScope(deadline=anyio.current_time() + budget_s)
+        self.running = job
+        self._tasks.start_soon(self._run_idle, job)
+        return job
+
+    async def _run_idle(self, job: BenchJob) -> None:
+        root = job.root
+        finished: BenchFinished = {"project": root, "event": protocol.BENCH_FINISHED, "idle": True}
+        try:
+            with job.scope:
+                job.report = await job.bench.run()
+            if job.report is None:
+                # Interleaved runs: no configuration is complete before the last round,
+                # so nothing of a stopped bench is kept.
+                why = job.stopped or "its budget of bench time for today is used"
+                finished["error"] = f"idle bench stopped: {why}; nothing was recorded"
+                finished["code"] = protocol.CANCELLED
+            else:
+                try:
+                    job.report["id"] = await self.store.call(
+                        self.store.sync.record_bench, root, job.report.copy()
+                    )
+                except StoreError as exc:
+                    log.error("store_failed", error=str(exc))
+                finished["report"] = job.report
+        except DaemonError as exc:
+            finished["error"] = f"idle bench failed: {exc}"
+            finished["code"] = exc.code
+        except Exception as exc:
+            log.exception("bench_failed", root=root, idle=True)
+            finished["error"] = f"idle bench failed: {type(exc).__name__}: {exc}"
+        finally:
+            self.running = None
+            job.done.set()
+            self.hub.publish(finished)
+
+    async def stop_idle(self, why: str, wait: bool = False) -> bool:
+        """Stop the running idle bench, if one runs (why: for its finished event); with
+        wait, return once it ended (its processes killed and waited for). Returns whether
+        one was stopped. Raises nothing."""
+        job = self.running
+        if not self.stop_idle_now(why):
+            return False
+        if wait and job is not None:
+            await job.done.wait()
+        return True
+
+    def stop_idle_now(self, why: str) -> bool:
+        """stop_idle without waiting, for a callback on the event loop (a save). Raises
+        nothing."""
+        job = self.running
+        if job is None or not job.idle:
+            return False
+        if job.stopped is None:
+            job.stopped = why
+        job.scope.cancel()
+        return True
+
     def cancel(self, path: str | None) -> BenchCancelReply:
         """Cancel the running bench (of the project containing path, if given). Raises nothing."""
         job = self.running
         if job is None or (path is not None and not Path(path).resolve().is_relative_to(job.root)):
             return {"cancelled": False}
+        if job.idle and job.stopped is None:
+            job.stopped = "cancelled (rbd bench --cancel)"
         job.scope.cancel()
         return {"cancelled": True, "project": job.root}
 

@@ -41,7 +41,7 @@ from rbd.contract.schema import (
     BenchStarted,
     BenchStatus,
 )
-from rbd.daemon.bench import source
+from rbd.daemon.bench import freshness, source
 from rbd.daemon.bench.cache import BenchCache
 from rbd.daemon.build import cargo_config, configurations
 from rbd.daemon.build.builder import Build
@@ -106,6 +106,9 @@ class Bench:
         emit: Emit,
         triggers: list[list[str]] | None = None,
         overrides: dict[str, Any] | None = None,
+        reader: freshness.Reader | None = None,
+        program: str | None = None,
+        idle: bool = False,
     ) -> None:
         self.workspace = workspace
         # A watched project's own settings (`rbd start --command check` ...): the bench
@@ -116,6 +119,12 @@ class Bench:
         self.shims = shims
         self.emit = emit
         self.triggers = triggers or []
+        # What the report records it ran with (freshness): manual and idle benches alike.
+        self.reader = reader or freshness.READER
+        # What runs cargo (daemon.bench.priority's wrapper for an idle bench); None: cargo.
+        self.program = program
+        # An idle bench (daemon.bench.idle): said in its events and status.
+        self.idle = idle
         self.done = 0
         self.total = 0
         self.started = time.monotonic()
@@ -134,6 +143,10 @@ class Bench:
             settings.load, root, self.env, self.overrides
         )
         base = project_settings.argv()
+        # Read before the copy is made: the sources, the lockfile and the toolchain as of now.
+        ran_with = await self.reader.read(root, base, self.env)
+        if self.program is not None:
+            base = [self.program, *base[1:]]
         bench_dir = workspace.target_dir / "rbd" / "bench"
         copy = bench_dir / "src"
         chosen = await self._resolve(root, bench_dir)
@@ -157,17 +170,18 @@ class Bench:
         original = (copy / edit_file).read_text() if edit_file else ""
         edit = source.plan_edit(original)
         # Announced once the copy is made: what the bench measures is the sources as of now.
-        self.emit(
-            {
-                "project": str(root),
-                "event": protocol.BENCH_STARTED,
-                "configs": [c.name for c in chosen],
-                "modes": list(self.options.modes),
-                "runs": self.options.runs,
-                "warmup": self.options.warmup,
-                "total": self.total,
-            }
-        )
+        announced: BenchStarted = {
+            "project": str(root),
+            "event": protocol.BENCH_STARTED,
+            "configs": [c.name for c in chosen],
+            "modes": list(self.options.modes),
+            "runs": self.options.runs,
+            "warmup": self.options.warmup,
+            "total": self.total,
+        }
+        if self.idle:
+            announced["idle"] = True
+        self.emit(announced)
         shim = await self.shims.get(self.env)
         # Each configuration's rustc wrapper: the user's, or sccache for one with it.
         wrappers = {
@@ -204,6 +218,7 @@ class Bench:
             "edit": {"file": str(edit_file), "kind": edit.kind} if edit_file else None,
             "baseline": _baseline(chosen),
             "results": _results(chosen, series, self.options.modes),
+            "conditions": ran_with,
         }
 
     async def _resolve(self, root: Path, bench_dir: Path) -> list[configurations.BuildConfig]:
@@ -215,7 +230,7 @@ class Bench:
     def status(self) -> BenchStatus:
         """Where the bench is (`rbd status`). Raises nothing."""
         series, run, number, of = self.building or (None, None, None, None)
-        return {
+        status: BenchStatus = {
             "configs": self.configs,
             "modes": list(self.options.modes),
             "runs": self.options.runs,
@@ -230,22 +245,26 @@ class Bench:
             "number": number,
             "of": of,
         }
+        if self.idle:
+            status["idle"] = True
+        return status
 
     def progress(self, series: Series, counted: bool, result: BuildResult) -> None:
         self.done += 1
-        self.emit(
-            {
-                "project": str(self.workspace.root),
-                "event": protocol.BENCH_PROGRESS,
-                "config": series.config.name,
-                "mode": series.mode,
-                "counted": counted,
-                "outcome": result.outcome,
-                "wall_s": round(result.wall_s, 4),
-                "done": self.done,
-                "total": self.total,
-            }
-        )
+        event: BenchProgress = {
+            "project": str(self.workspace.root),
+            "event": protocol.BENCH_PROGRESS,
+            "config": series.config.name,
+            "mode": series.mode,
+            "counted": counted,
+            "outcome": result.outcome,
+            "wall_s": round(result.wall_s, 4),
+            "done": self.done,
+            "total": self.total,
+        }
+        if self.idle:
+            event["idle"] = True
+        self.emit(event)
 
 
 def _series(runnable: list[configurations.BuildConfig], mode: str) -> list[Series]:

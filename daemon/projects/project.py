@@ -8,6 +8,7 @@ projects is daemon.projects.registry's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,9 @@ class Project:
             self.root, config.settle_ms / 1000, self._launch, on_state=self._on_state
         )
         self.watcher = Watcher(workspace, self._on_change, self._on_problem)
+        # Told of every change the watcher reports, after the scheduler (an idle bench
+        # stops at a save: daemon.bench.idle).
+        self.on_change: Callable[[Project], None] | None = None
         # The state last published (a new project's scheduler starts idle).
         self._state = self.state
         self.stopped = anyio.Event()
@@ -134,10 +138,12 @@ class Project:
             self._build.cancel()
         self._on_state(self.state)  # the watcher reports its root gone, or back, through here
 
-    def _on_change(self, paths: list[str]) -> None:
+    def _on_change(self, paths: list[str], unfinished: list[str]) -> None:
         if any(Path(p).name == "Cargo.toml" for p in paths):
             self._reload_soon = True
-        self.scheduler.notify(paths)
+        self.scheduler.notify(paths, unfinished)
+        if self.on_change is not None:
+            self.on_change(self)
 
     async def run(
         self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED

@@ -47,7 +47,14 @@ ENV_KEYS = {
     "RBD_READY_TIMEOUT_S": "ready_timeout_s",
     "RBD_STOP_TIMEOUT_S": "stop_timeout_s",
     "RBD_METRICS_TEXTFILE": "metrics_textfile",
+    "RBD_AUTO_BENCH": "auto_bench",
+    "RBD_AUTO_BENCH_IDLE_S": "auto_bench_idle_s",
+    "RBD_AUTO_BENCH_BUDGET_S": "auto_bench_budget_s",
+    "RBD_AUTO_BENCH_MAX_LOAD": "auto_bench_max_load",
 }
+# Idle benches (daemon.bench.idle): whether, after how long without a save, how much
+# bench time per day, below which load per core.
+AUTO_BENCH_KEYS = ("auto_bench", "auto_bench_idle_s", "auto_bench_budget_s", "auto_bench_max_load")
 # Run mode's settings (daemon.serve): the app rbd starts after each successful build.
 RUN_KEYS = (
     "run",
@@ -65,9 +72,10 @@ RUN_KEYS = (
 class ProjectConfig:
     command: str = "build"
     args: tuple[str, ...] = ()
-    # Quiet time after the last change before cargo is spawned. watchfiles
-    # already groups events for `WATCH_STEP_MS`, so this adds little.
-    settle_ms: int = 20
+    # Quiet time after the last change before cargo is spawned, beyond what the
+    # watcher's batching (`WATCH_STEP_MS`) and a mid-save change's settle
+    # (scheduler.MID_SAVE_SETTLE_S) already wait: none by default.
+    settle_ms: int = 0
     # A build running longer than this is killed and recorded as `timeout`.
     timeout_s: float = 1800.0
     # The named build configuration (daemon.build.configurations): mold, line-tables-only...
@@ -88,6 +96,15 @@ class ProjectConfig:
     # node_exporter's textfile collector: the `.prom` file rbd rewrites after each build
     # (daemon.export.metrics); None: no metrics are written, and nothing is started.
     metrics_textfile: str | None = None
+    # Idle benches (daemon.bench.idle), off unless asked for: an incremental bench of the
+    # configurations behind the current suggestions that lack a fresh measurement, once
+    # the project has had no save for auto_bench_idle_s and the machine's 1-minute load
+    # per core is below auto_bench_max_load; at most auto_bench_budget_s of bench time
+    # per project in any 24 hours.
+    auto_bench: bool = False
+    auto_bench_idle_s: float = 300.0
+    auto_bench_budget_s: float = 1800.0
+    auto_bench_max_load: float = 0.25
 
     @property
     def runs(self) -> bool:
@@ -148,6 +165,8 @@ def _validated(values: dict[str, Any], source: str) -> dict[str, Any]:
             out[key] = _run_value(key, value, source)
         elif key == "metrics_textfile":
             out[key] = _metrics_textfile(value, source)
+        elif key in AUTO_BENCH_KEYS:
+            out[key] = _auto_bench_value(key, value, source)
         else:
             raise ConfigError(f"{source}: unknown setting {key!r}")
     return out
@@ -215,6 +234,23 @@ def _run_value(key: str, value: Any, source: str) -> Any:
     return float(value)
 
 
+def _auto_bench_value(key: str, value: Any, source: str) -> Any:
+    """One idle-bench setting, validated (see ProjectConfig)."""
+    if key == "auto_bench":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: auto_bench must be true or false (got {value!r})")
+        return value
+    limits = {
+        "auto_bench_idle_s": (0.0, 86400.0),
+        "auto_bench_budget_s": (0.0, 86400.0),
+        "auto_bench_max_load": (0.0, 1000.0),
+    }
+    low, high = limits[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low < value <= high:
+        raise ConfigError(f"{source}: {key} must be a number, {low:g} < {key} <= {high:g}")
+    return float(value)
+
+
 def _metrics_textfile(value: Any, source: str) -> str | None:
     """The metrics file, normalized (two spellings of one path share one file); raises
     ConfigError. Only its name is checked: a directory that is missing or unwritable now
@@ -263,11 +299,18 @@ def _from_env(env: dict[str, str]) -> dict[str, Any]:
                 values[key] = int(raw)
             except ValueError:
                 raise ConfigError(f"{name} must be an integer (got {raw!r})") from None
-        elif key in ("timeout_s", "ready_timeout_s", "stop_timeout_s"):
+        elif key in ("timeout_s", "ready_timeout_s", "stop_timeout_s") or (
+            key in AUTO_BENCH_KEYS and key != "auto_bench"
+        ):
             try:
                 values[key] = float(raw)
             except ValueError:
                 raise ConfigError(f"{name} must be a number (got {raw!r})") from None
+        elif key == "auto_bench":
+            lowered = raw.strip().lower()
+            if lowered not in ("1", "true", "yes", "0", "false", "no"):
+                raise ConfigError(f"{name} must be true or false (got {raw!r})")
+            values[key] = lowered in ("1", "true", "yes")
         elif key == "run":
             lowered = raw.strip().lower()
             if lowered in ("1", "true", "yes"):

@@ -205,6 +205,9 @@ class BenchMeasurement(TypedDict):
     bench_id: int
     bench_at: str
     runs: Any
+    # What its bench ran with (schema.BenchConditions); None in a report an older rbd
+    # stored (daemon.bench.freshness counts it stale).
+    conditions: Any
 
 
 class TuneRecord(TypedDict):
@@ -555,6 +558,7 @@ class Store:
                     "bench_id": int(bench["id"]),
                     "bench_at": str(bench["finished_at"]),
                     "runs": report.get("runs"),
+                    "conditions": report.get("conditions"),
                 }
         return list(found.values())
 
