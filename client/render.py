@@ -137,6 +137,11 @@ def bench_state(bench: BenchStatus) -> str:
     """The bench line of a project in `rbd status`: what it builds now, how far it is."""
     done = f"{bench.get('done', 0)}/{bench.get('total') or '?'} builds"
     elapsed = duration(bench.get("elapsed_s") or 0.0)
+    if bench.get("idle"):
+        # An idle bench (auto_bench): the project's builds go on; a save stops it.
+        measures = ", ".join(bench.get("configs") or []) or "?"
+        now = f"{bench.get('mode')} {bench['config']}" if bench.get("config") else "preparing"
+        return f"  bench    idle, measuring {measures} (stops at a save): {now}; {done}, {elapsed}"
     if not bench.get("config"):
         return f"  bench    preparing (copy of the sources, the project's build); {elapsed}"
     config = str(bench["config"]) + (f" ({bench['cache']})" if bench.get("cache") else "")
@@ -558,7 +563,8 @@ def suggestions(data: Mapping[str, Any]) -> str:
     lines = [
         f"{data['project']}",
         f"  toolchain  cargo {env.get('cargo_version')}, rustc {env.get('rustc_version')} "
-        f"({env.get('channel')}), {env.get('host')}; default linker {env.get('default_linker')}",
+        f"({env.get('channel')}), {env.get('host')}",
+        f"  links with {_linker(env)}",
         f"  linkers    {linkers}; nightly: {nightly.get('toolchain') or 'none'}"
         + (" with cranelift" if nightly.get("cranelift") else ""),
         f"  dev        debug={profile.get('debug')} deps debug={profile.get('deps_debug')} "
@@ -584,7 +590,7 @@ def suggestions(data: Mapping[str, Any]) -> str:
             "",
             f"{n}. {item['id']}: {item['title']}",
             f"   why       {item['evidence']}",
-            f"   saves     ~{seconds(expected['saves_s'])} per rebuild "
+            f"   saves     {_saves(expected)} per rebuild "
             f"({expected['source']}: {expected.get('basis', '')})",
             f"   change    {change['file']}: {_change_text(change)}",
             f"   costs     {item['tradeoffs']}" + (f" [{'; '.join(flags)}]" if flags else ""),
@@ -594,6 +600,24 @@ def suggestions(data: Mapping[str, Any]) -> str:
     for gone in data.get("withdrawn") or []:
         lines += ["", f"not suggested: {gone['id']}: {gone['reason']}"]
     return "\n".join(lines)
+
+
+def _linker(env: Mapping[str, Any]) -> str:
+    """The linker the configuration asks for, and the one the recent builds' binaries
+    name (what really linked them); an older daemon's reply has the default only."""
+    asked = env.get("linker_in_effect") or f"{env.get('default_linker')} (rustc's default)"
+    seen = env.get("linked_by")
+    if not seen:
+        return str(asked)
+    return f"{asked}; the last builds' binaries were linked by {', '.join(seen)}"
+
+
+def _saves(expected: Mapping[str, Any]) -> str:
+    """An unmeasured saving is unknown, with its bound; never a number rbd made up."""
+    if expected.get("saves_s") is None:
+        bound = expected.get("at_most_s")
+        return "unknown" + ("" if bound is None else f", at most {seconds(bound)}")
+    return f"~{seconds(expected['saves_s'])}"
 
 
 def _change_text(change: dict[str, Any]) -> str:

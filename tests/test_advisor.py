@@ -11,9 +11,12 @@ import time
 from pathlib import Path
 from typing import cast
 
-from rbd.contract.schema import BuildSummary
+import anyio
+
+from rbd.contract.schema import BenchReport, BuildSummary
 from rbd.daemon.advice import advisor
-from rbd.daemon.store.sqlite import TuneRecord
+from rbd.daemon.bench import freshness
+from rbd.daemon.store.sqlite import Store, TuneRecord
 from tests.conftest import WAIT_S, Rbd, make_crate
 from tests.test_projects import started
 
@@ -42,9 +45,25 @@ def test_suggest_apply_and_revert_byte_for_byte(rbd: Rbd, tmp_path: Path) -> Non
     by_id = {s["id"]: s for s in data["suggestions"]}
     line_tables = by_id["debuginfo-line-tables"]
     assert "last 3 builds" in line_tables["evidence"]
-    assert line_tables["expected"]["source"] == "estimate"
+    assert line_tables["expected"]["source"] == "unmeasured"
+    assert line_tables["expected"]["saves_s"] is None
     text = rbd.ok("suggest", cwd=crate)
     assert "rbd tune apply debuginfo-line-tables" in text
+    # Unknown until a bench measures it, shown with its bound; no number made up.
+    assert "saves     unknown, at most " in text
+
+    # One step applies only a measured saving: before any bench there is none.
+    refused = rbd.run("suggest", "--apply-best", cwd=crate)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.count("\n") == 1 and "no measured suggestion" in refused.stderr
+    assert "rbd bench --incremental" in refused.stderr
+    assert (crate / "Cargo.toml").read_text() == MANIFEST
+
+    # Two suggestions setting the same key: one line, nothing written.
+    both = rbd.run("tune", "apply", "debuginfo-line-tables", "debuginfo-none", cwd=crate)
+    assert both.returncode == 1 and both.stderr.count("\n") == 1
+    assert "both set profile.dev.debug in Cargo.toml" in both.stderr
+    assert (crate / "Cargo.toml").read_text() == MANIFEST
 
     dry = rbd.ok("tune", "apply", "debuginfo-line-tables", "--dry-run", cwd=crate)
     assert '+debug = "line-tables-only"' in dry and "nothing written" in dry
@@ -219,3 +238,68 @@ def test_enough_builds_after_a_tune_are_min_builds_edit_rebuilds() -> None:
     assert builds == after[1:] + before and note and "predates tune #4" in note
     assert advisor.since_tune(after + before, tune) == (after, None)
     assert advisor.since_tune(after + before, None) == (after + before, None)
+
+
+def measured_suggestion(id: str, saves: float | None, **extra: object) -> dict[str, object]:
+    source = "unmeasured" if saves is None else "measured"
+    return {
+        "id": id,
+        "expected": {"saves_s": saves, "source": source, "basis": "b"},
+        "change": {"file": "Cargo.toml", "set": []},
+        "runnable": True,
+        **extra,
+    }
+
+
+def test_apply_best_takes_the_first_measured_saving_it_can_apply() -> None:
+    from rbd.client.cli import best_measured
+
+    unmeasured = measured_suggestion("a", None)
+    manual = measured_suggestion("b", 0.5, change={"file": "env", "manual": "do it"})
+    elsewhere = measured_suggestion("c", 0.4, runnable=False)
+    nothing = measured_suggestion("d", 0.0)
+    stale = measured_suggestion("e", 0.3)
+    stale["expected"] = {**stale["expected"], "stale": "Cargo.lock changed"}  # type: ignore[dict-item]
+    best = measured_suggestion("f", 0.2)
+    found = [unmeasured, manual, elsewhere, nothing, stale, best]
+    assert best_measured(found) is best
+    assert best_measured(found[:-1]) is None
+
+
+def test_apply_best_applies_a_fresh_measured_saving_in_one_step(rbd: Rbd, tmp_path: Path) -> None:
+    """A bench report made under the project's conditions now (the daemon's own reader
+    judges them) measured no-debuginfo well ahead of default: `--apply-best` applies
+    debuginfo-none, the measured one, and nothing else."""
+    crate = rebuilt_three_times(rbd, tmp_path)
+    current = anyio.run(freshness.of_project, crate, rbd.env, None)
+    assert current is not None and current["rustc"]
+    row = {"mode": "incremental", "cache": None, "stddev_s": 0.01, "available": True}
+    report = {
+        "runs": 5,
+        "baseline": "default",
+        "conditions": current,
+        "results": [
+            {**row, "config": "default", "median_s": 0.9},
+            {**row, "config": "no-debuginfo", "median_s": 0.4, "delta_pct": -55.6},
+        ],
+    }
+    store = Store(Path(rbd.store))
+    try:
+        store.record_bench(str(crate), cast(BenchReport, report))
+    finally:
+        store.close()
+    data = json.loads(rbd.ok("suggest", "--json", cwd=crate))
+    top = data["suggestions"][0]
+    assert top["id"] == "debuginfo-none" and top["expected"]["source"] == "measured"
+    assert top["expected"]["saves_s"] == 0.5 and "σ 0.01 s" in top["expected"]["basis"]
+
+    dry = rbd.ok("suggest", "--apply-best", "--dry-run", cwd=crate)
+    assert dry.startswith("debuginfo-none: ") and "+debug = 0" in dry
+    assert (crate / "Cargo.toml").read_text() == MANIFEST
+    done = json.loads(rbd.ok("suggest", "--apply-best", "--json", cwd=crate))
+    assert done["suggestion"]["id"] == "debuginfo-none" and done["tune"]["applied"] == [
+        "debuginfo-none"
+    ]
+    assert "debug = 0" in (crate / "Cargo.toml").read_text()
+    rbd.ok("tune", "revert", cwd=crate)
+    assert (crate / "Cargo.toml").read_bytes() == MANIFEST.encode()

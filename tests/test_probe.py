@@ -421,3 +421,76 @@ async def test_the_tools_are_asked_once_per_toolchain(
     third = await probe_module.probe(crate, env)
     assert len(asked) == 2 * count
     assert third["rustc_version"] == first["rustc_version"]
+
+
+@pytest.mark.parametrize(
+    ("driver", "flags", "expected"),
+    [
+        (None, [], "rust-lld (rustc's default)"),
+        ("/usr/bin/clang", ["-C", "link-arg=-fuse-ld=lld"], "clang + lld; set in C, F"),
+        ("clang", [], "clang, no linker chosen (rustc's default here: rust-lld); set in C"),
+        (None, ["-Clink-arg=-fuse-ld=bfd", "-Clink-arg=-fuse-ld=mold"], "mold; set in F"),
+        (None, ["-Clinker=clang", "-Clink-arg=--ld-path=/opt/wild"], "clang + wild; set in F"),
+    ],
+)
+def test_linker_in_effect(driver: str | None, flags: list[str], expected: str) -> None:
+    """What the configuration asks to link with, and where it says so: the suggest
+    header said "default linker rust-lld" for a project linking with clang + lld."""
+    found = probe_module.linker_in_effect("rust-lld", driver, "C" if driver else None, flags, ["F"])
+    assert found == expected
+    assert probe_module.linker_in_effect(None, None, None, [], []) is None
+
+
+@pytest.mark.anyio
+async def test_a_project_config_naming_clang_and_lld_is_what_the_probe_reports(
+    tmp_path: Path,
+) -> None:
+    crate = make_crate(tmp_path / "demo")
+    write(
+        crate / ".cargo" / "config.toml",
+        f"""\
+        [target.{HOST}]
+        linker = "clang"
+        rustflags = ["-C", "link-arg=-fuse-ld=lld"]
+        """,
+    )
+    found = await probe(crate, isolated(tmp_path))
+    if found["host"] != HOST:
+        pytest.skip("the config names the x86_64 Linux target")
+    config = str(crate / ".cargo" / "config.toml")
+    assert found["linker_in_effect"] == f"clang + lld; set in {config}"
+    assert found["default_linker"] == "rust-lld"  # still reported, no longer the header's
+
+
+@pytest.mark.anyio
+async def test_a_cached_probe_reads_the_cargo_config_anew_and_asks_again_on_a_new_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache holds only the tools' answers: a cargo config written anywhere in the
+    hierarchy shows in the next probe without asking them again; another PATH asks again."""
+    crate = make_crate(tmp_path / "work" / "p", "p")
+    asked: list[list[str]] = []
+    real = probe_module._run
+
+    async def counting(argv: list[str], root: Path, env: dict[str, str]) -> str:
+        asked.append(argv)
+        return await real(argv, root, env)
+
+    monkeypatch.setattr(probe_module, "_run", counting)
+    monkeypatch.setattr(probe_module, "_ASKED", {})
+    env = isolated(tmp_path)
+    first = await probe_module.probe(crate, env)
+    count = len(asked)
+    assert count >= 2 and first["rustc_version"] and first["profile"]["debug"] != 1
+    write(tmp_path / "work" / ".cargo" / "config.toml", "[profile.dev]\ndebug = 1\n")
+    above = await probe_module.probe(crate, env)
+    assert above["profile"]["debug"] == 1
+    write(Path(env["CARGO_HOME"]) / "config.toml", '[build]\nrustc-wrapper = "sccache"\n')
+    home = await probe_module.probe(crate, env)
+    assert home["rustc_wrapper"] == "sccache" and home["profile"]["debug"] == 1
+    assert len(asked) == count, "asked the tools again for a cargo config change"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    moved = await probe_module.probe(crate, with_bin(env, bin_dir))
+    assert len(asked) == 2 * count
+    assert moved["rustc_version"] == first["rustc_version"]

@@ -9,6 +9,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from rbd.client import benchtable, render
 from rbd.daemon.advice import rules
 from rbd.daemon.bench.cache import BENCH_REDIS_TTL_S, BenchCache
 from rbd.daemon.build import procs, sccache
+from rbd.daemon.store.sqlite import Store
 from tests.conftest import WAIT_S, Rbd, make_crate
 from tests.test_htmlpage import summary
 from tests.test_projects import edit, main_rs
@@ -365,6 +367,19 @@ BENCH: dict[str, Any] = {
 }
 
 
+def measured(*reports: dict[str, Any]) -> list[Any]:
+    """What suggest reads: each configuration's latest measurement across the reports,
+    stored one after the other in a real store (Store.latest_results)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "rbd.sqlite3")
+        try:
+            for report in reports:
+                store.record_bench("/p", report)  # type: ignore[arg-type]
+            return list(store.latest_results("/p"))
+        finally:
+            store.close()
+
+
 def counted(hits: int = 0, misses: int = 0, not_cacheable: int = 2) -> dict[str, Any]:
     return {
         "compile_requests": hits + misses + not_cacheable,
@@ -382,7 +397,7 @@ def test_suggest_leaves_sccache_out_of_edits_that_got_no_hit() -> None:
     with_sccache = environment()
     with_sccache["rustc_wrapper"] = "/usr/bin/sccache"
     edits = [{**build(i), "sccache": counted()} for i in (3, 2, 1)]
-    item = only(rules.Context(with_sccache, edits, bench=BENCH), "sccache")
+    item = only(rules.Context(with_sccache, edits, measurements=measured(BENCH)), "sccache")
     assert item is not None and item["title"].startswith("Leave sccache out")
     assert "the last 3 edit rebuilds" in item["evidence"] and "no hit" in item["evidence"]
     assert "6 not cacheable" in item["evidence"] and item["expected"]["source"] == "measured"
@@ -398,17 +413,45 @@ def test_suggest_leaves_sccache_out_of_edits_that_got_no_hit() -> None:
 
 def test_suggest_recommends_sccache_for_clean_builds_from_a_bench() -> None:
     builds = [build(i) for i in (3, 2, 1)]
-    item = only(rules.Context(environment(), builds, bench=BENCH), "sccache")
+    item = only(rules.Context(environment(), builds, measurements=measured(BENCH)), "sccache")
     assert item is not None and "not in the edit loop" in item["title"]
-    assert "rbd bench #4" in item["evidence"] and "6.00 s with a warm sccache" in item["evidence"]
+    assert "rbd bench #1" in item["evidence"] and "6.00 s with a warm sccache" in item["evidence"]
     assert "26.00 s from an empty cache" in item["evidence"] and "20.00 s" in item["evidence"]
     assert "+40 ms" in item["evidence"]  # an edit rebuild pays, and gets nothing
     assert item["expected"]["saves_s"] == 0.0 and "saves 14.00 s" in item["expected"]["basis"]
     # A warm cache no faster than the runs' spread, or no bench: nothing to recommend.
     close = {**BENCH, "results": [*BENCH["results"][:2], bench_row("sccache", "clean", 19.97,
                                                                   "warm")]}  # fmt: skip
-    assert only(rules.Context(environment(), builds, bench=close), "sccache") is None
+    assert (
+        only(rules.Context(environment(), builds, measurements=measured(close)), "sccache") is None
+    )
     assert only(rules.Context(environment(), builds), "sccache") is None
+
+
+def test_a_later_bench_of_other_configurations_keeps_the_sccache_finding() -> None:
+    """The rule read only the latest bench: a later `--configs default,mold` bench made
+    it forget what sccache's cold and warm clean builds had measured."""
+    later = {
+        "id": 5,
+        "runs": 3,
+        "baseline": "default",
+        "results": [
+            bench_row("default", "incremental", 1.0),
+            bench_row("mold", "incremental", 0.8),
+        ],
+    }
+    builds = [build(i) for i in (3, 2, 1)]
+    item = only(
+        rules.Context(environment(), builds, measurements=measured(BENCH, later)), "sccache"
+    )
+    assert item is not None and "rbd bench #1" in item["evidence"]
+    assert "saves 14.00 s" in item["expected"]["basis"]
+    assert "stale" not in item["evidence"]
+    # A measurement that no longer holds is cited as stale, not used as measured.
+    old = [{**m, "stale": "Cargo.lock changed since"} for m in measured(BENCH, later)]
+    item = only(rules.Context(environment(), builds, measurements=old), "sccache")
+    assert item is not None and "stale: Cargo.lock changed since" in item["evidence"]
+    assert item["expected"]["source"] == "estimate"
 
 
 # --- a shared backend: Redis ----------------------------------------------------------------

@@ -474,6 +474,9 @@ class BenchStatus(TypedDict):
     run: str | None
     number: int | None
     of: int | None
+    # An idle bench (`auto_bench`): at the lowest priority, the project's builds go on,
+    # a save stops it. Absent for a bench someone asked for.
+    idle: NotRequired[bool]
 
 
 class ProjectStatus(TypedDict):
@@ -513,9 +516,15 @@ class DaemonStatus(TypedDict):
 
 
 class Expected(TypedDict):
-    saves_s: float
+    # Seconds per rebuild the change saves. source "measured": a bench of this project,
+    # or a cost rbd measured that the change removes; "estimate": worked out from this
+    # project's own phase times (basis says how); "unmeasured": None, since nothing
+    # recorded tells how much of a phase the change removes; at_most_s bounds it (the
+    # phase times it acts on) and basis names the bench that would measure it.
+    saves_s: float | None
     source: str
     basis: str
+    at_most_s: NotRequired[float]
 
 
 class Suggestion(TypedDict):
@@ -581,6 +590,18 @@ class BenchResult(TypedDict):
     sccache: NotRequired[SccacheStats | None]
 
 
+class BenchConditions(TypedDict):
+    """What a bench ran with, to tell whether its measurements still hold
+    (daemon.bench.freshness)."""
+
+    rustc: str | None
+    cargo: str | None
+    # sha256 (16 hex) of the project's Cargo.lock when the bench copied it; null: none.
+    lock_digest: str | None
+    # The effective profile of the project's command (as Conditions.profile).
+    profile: dict[str, Any]
+
+
 class BenchReport(TypedDict):
     """`rbd bench --json`, plus `id` once stored (absent when the store failed)."""
 
@@ -594,6 +615,8 @@ class BenchReport(TypedDict):
     # Per mode, then per configuration.
     results: list[BenchResult]
     id: NotRequired[int]
+    # Absent from reports an older rbd stored: their measurements are of unknown freshness.
+    conditions: NotRequired[BenchConditions]
 
 
 # --- replies (the results; the server adds `id` and `ok`) ---------------------------------
@@ -820,6 +843,8 @@ class BenchStarted(TypedDict):
     runs: int
     warmup: int
     total: int
+    # An idle bench (`auto_bench`); absent for one someone asked for.
+    idle: NotRequired[bool]
 
 
 class BenchProgress(TypedDict):
@@ -832,6 +857,8 @@ class BenchProgress(TypedDict):
     wall_s: float
     done: int
     total: int
+    # An idle bench's (`auto_bench`); absent for one someone asked for.
+    idle: NotRequired[bool]
 
 
 class BenchFinished(TypedDict):
@@ -840,6 +867,8 @@ class BenchFinished(TypedDict):
     report: NotRequired[BenchReport]
     error: NotRequired[str]
     code: NotRequired[ErrorCode]
+    # An idle bench (`auto_bench`); absent for one someone asked for.
+    idle: NotRequired[bool]
 
 
 class AppStarted(TypedDict):

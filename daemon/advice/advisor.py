@@ -10,13 +10,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 import structlog
 
-from rbd.contract.schema import BuildSummary, SuggestReply, TuneApplyReply, TuneRevertReply
+from rbd.contract.schema import (
+    BuildSummary,
+    Suggestion,
+    SuggestReply,
+    TuneApplyReply,
+    TuneRevertReply,
+)
 from rbd.daemon.advice import evidence, probe, rules, tune
 from rbd.daemon.advice.steps import per_save
+from rbd.daemon.bench import freshness
 from rbd.daemon.errors import BadRequest, ConfigError, NotFound, TuneConflict
 from rbd.daemon.store.asyncstore import AsyncStore
 from rbd.daemon.store.sqlite import TuneRecord
@@ -79,17 +87,29 @@ async def context(store: AsyncStore, root: str, env: dict[str, str]) -> rules.Co
     return rules.Context(environment, builds, units, root=root, stale_note=note)
 
 
-async def suggestions(store: AsyncStore, root: str, env: dict[str, str]) -> SuggestReply:
-    """The `suggest` reply for a watched project. Raises StoreError."""
+async def suggestions(
+    store: AsyncStore, root: str, env: dict[str, str], overrides: dict[str, Any] | None = None
+) -> SuggestReply:
+    """The `suggest` reply for a watched project (overrides: its `rbd start` options).
+    Raises StoreError."""
     ctx = await context(store, root, env)
     bench = await store.call(store.sync.latest_bench, root)
     measurements = await store.call(store.sync.latest_results, root)
-    ctx.bench = bench
+    # Only read when there is something to judge (about 1 ms: see freshness).
+    current = await freshness.of_project(Path(root), env, overrides) if measurements else None
+    now = datetime.now(UTC)
+    # The rules that read measurements themselves (sccache's) see each one's staleness.
+    ctx.measurements = [
+        {**m, "stale": freshness.stale(m.get("conditions"), current, m.get("bench_at"), now)}
+        for m in measurements
+    ]
     found, hint = rules.suggest(ctx)
-    found, withdrawn = evidence.cite(found, measurements)
+    found, withdrawn = evidence.cite(found, measurements, current, now)
     return {
         "project": root,
-        "environment": ctx.env,
+        # What really linked the recent binaries (read from them), beside what the
+        # configuration asks for (probe.linker_in_effect): the two can differ.
+        "environment": {**ctx.env, "linked_by": sorted(ctx.linkers_seen())},
         "builds_considered": len(ctx.incremental),
         "suggestions": found,
         "withdrawn": withdrawn,
@@ -99,17 +119,22 @@ async def suggestions(store: AsyncStore, root: str, env: dict[str, str]) -> Sugg
 
 
 async def apply(
-    store: AsyncStore, root: str, env: dict[str, str], ids: list[str], dry_run: bool
+    store: AsyncStore,
+    root: str,
+    env: dict[str, str],
+    ids: list[str],
+    dry_run: bool,
+    overrides: dict[str, Any] | None = None,
 ) -> TuneApplyReply:
     """Write the changes of the named current suggestions (all or none).
 
     Raises BadRequest for no ids, NotFound for an id that is not a current suggestion,
-    ConfigError for a change to make by hand, TuneRejected (a ConfigError) when cargo
-    refuses the change (the files are rolled back), StoreError.
+    ConfigError for a change to make by hand or two that set one key, TuneRejected (a
+    ConfigError) when cargo refuses the change (the files are rolled back), StoreError.
     """
     if not ids:
         raise BadRequest("name at least one suggestion id (see `rbd suggest`)")
-    current = await suggestions(store, root, env)
+    current = await suggestions(store, root, env, overrides)
     by_id = {s["id"]: s for s in current["suggestions"]}
     for wanted in ids:
         if wanted not in by_id:
@@ -120,6 +145,7 @@ async def apply(
             raise ConfigError(
                 f"{wanted} is a change to make by hand, in {change['file']}: {change['manual']}"
             )
+    _refuse_overlaps(ids, by_id)
     changes = [tune.change_from_json(by_id[i]["change"]) for i in ids]
     edits = await tune.apply(Path(root), env, changes, dry_run=dry_run)
     tune_id = None
@@ -137,6 +163,23 @@ async def apply(
             {"path": str(e.path), "created": e.before is None, "diff": e.diff} for e in edits
         ],
     }
+
+
+def _refuse_overlaps(ids: list[str], by_id: dict[str, Suggestion]) -> None:
+    """Raises ConfigError when two of the suggestions set one key of one file
+    (debuginfo-line-tables and debuginfo-none both set profile.dev.debug): the later
+    would silently undo the earlier, and the tune's record would name both."""
+    owner: dict[tuple[str, tuple[str, ...]], str] = {}
+    for wanted in ids:
+        change = by_id[wanted]["change"]
+        for entry in change.get("set") or []:
+            key = (str(change["file"]), tuple(map(str, entry["key"])))
+            if key in owner and owner[key] != wanted:
+                raise ConfigError(
+                    f"{owner[key]} and {wanted} both set {'.'.join(key[1])} in {key[0]}: "
+                    "apply one of them"
+                )
+            owner[key] = wanted
 
 
 def _current(path: Path) -> bytes | None:

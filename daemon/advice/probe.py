@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 from collections.abc import Awaitable, Callable
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import anyio
@@ -34,6 +34,11 @@ PROBE_TIMEOUT_S = 10.0
 
 CRANELIFT_COMPONENT = "rustc-codegen-cranelift-preview"
 LINKERS = ("mold", "ld.lld", "ld.gold", "clang", "gcc")
+# wild 0.11 needs rustc 1.99; 0.10.0 is the last that installs with an older one.
+WILD_HINT = (
+    "wild is not installed (no wild on PATH or in ~/.cargo/bin): cargo install --locked "
+    "wild-linker (with a rustc older than 1.99: --version 0.10.0)"
+)
 
 # cargo's built-in dev profile; split-debuginfo None means the platform default.
 PROFILE_DEFAULTS: dict[str, Any] = dict(
@@ -177,6 +182,50 @@ def effective_profile(
     return {**profile, "sources": sources}
 
 
+def linker_in_effect(
+    default: str | None,
+    driver: str | None,
+    driver_source: str | None,
+    rustflags: list[str],
+    rustflags_from: list[str],
+) -> str | None:
+    """What the configuration says links host binaries, in words ("clang + lld
+    (/p/.cargo/config.toml)", "rust-lld (rustc's default)"); None without a rustc.
+
+    default: default_linker's answer; driver: configured_linker's; rustflags: the
+    effective ones. The linker is the last `-fuse-ld=` or `--ld-path=` link argument
+    (the C compiler takes the last), a `-Clinker=` flag replaces the configured driver.
+    On the rust-lld host a bare `-fuse-ld=lld` still finds rustc's bundled rust-lld
+    first (daemon.build.configurations), which the builds' own record (their `linker`,
+    read from the binary) shows; this says what was asked for."""
+    linker: str | None = None
+    words = iter(rustflags)
+    for word in words:
+        value = next(words, "") if word == "-C" else word[2:] if word.startswith("-C") else ""
+        key, _, rest = value.partition("=")
+        if key == "linker" and rest:
+            driver, driver_source = rest, driver_source or ", ".join(rustflags_from)
+        elif key in ("link-arg", "link-args"):
+            for arg in rest.split():
+                if arg.startswith("-fuse-ld="):
+                    linker = arg.removeprefix("-fuse-ld=")
+                elif arg.startswith("--ld-path="):
+                    linker = PurePath(arg.removeprefix("--ld-path=")).name
+    if default is None and driver is None and linker is None:
+        return None
+    if linker is None and driver is None:
+        return f"{default} (rustc's default)"
+    parts = [PurePath(driver).name if driver else None, linker]
+    named = " + ".join(p for p in parts if p)
+    if linker is None:
+        named += f", no linker chosen (rustc's default here: {default})"
+    sources = [driver_source] if driver_source and driver else []
+    if linker is not None:
+        sources += rustflags_from
+    sources = list(dict.fromkeys(sources))
+    return named + (f"; set in {', '.join(sources)}" if sources else "")
+
+
 def _host_var(host: str, key: str) -> str:
     return f"CARGO_TARGET_{host.upper().replace('-', '_').replace('.', '_')}_{key}"
 
@@ -257,6 +306,26 @@ def rust_analyzer_settings(root: Path) -> dict[str, Any]:
     return result
 
 
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def wild_program(env: dict[str, str]) -> str | None:
+    """The wild linker on env's PATH, else where `cargo install` puts it ($CARGO_HOME/bin,
+    ~/.cargo/bin), which a daemon started outside a login shell may not have on PATH."""
+    found = shutil.which("wild", path=env.get("PATH", os.defpath))
+    if found is not None:
+        return found
+    home = env.get("CARGO_HOME") or os.path.join(
+        env.get("HOME") or os.path.expanduser("~"), ".cargo"
+    )
+    candidate = os.path.join(home, "bin", "wild")
+    return candidate if os.access(candidate, os.X_OK) and os.path.isfile(candidate) else None
+
+
 def _settings(root: Path, env: dict[str, str], host: str | None) -> dict[str, Any]:
     """Everything read from files and PATH (blocking, for a worker thread)."""
     files = cargo_config.load(root, env)
@@ -264,8 +333,12 @@ def _settings(root: Path, env: dict[str, str], host: str | None) -> dict[str, An
     rustflags, rustflags_source, rustflags_from = effective_rustflags(host, env, files)
     paths = env.get("PATH", os.defpath)
     return {
-        "linkers": {name: shutil.which(name, path=paths) for name in LINKERS},
+        "linkers": {
+            **{name: shutil.which(name, path=paths) for name in LINKERS},
+            "wild": wild_program(env),
+        },
         "rustup": shutil.which("rustup", path=paths),
+        "cores": available_cores(),
         "sccache": shutil.which("sccache", path=paths),
         "rustc_wrapper": cargo_config.rustc_wrapper(root, env),
         "profile": effective_profile(root, env, files),
@@ -335,5 +408,12 @@ async def probe(root: Path, env: dict[str, str]) -> dict[str, Any]:
         "host": host,
         "default_linker": default_linker(host, rustc_version),
         **settings,
+        "linker_in_effect": linker_in_effect(
+            default_linker(host, rustc_version),
+            settings["linker"],
+            settings["linker_source"],
+            settings["rustflags"],
+            settings["rustflags_from"],
+        ),
         "nightly": out["nightly"],
     }

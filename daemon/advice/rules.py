@@ -4,20 +4,22 @@ Each rule reads the last edit rebuilds (what a save costs: successful builds a c
 triggered, of kind `edit` or recorded without a kind by an older rbd; see
 Context.incremental) and the toolchain probe (daemon.advice.probe), and fires only
 on a measured signal: a share of the median rebuild, a unit rebuilt every time, a
-lock wait. What a suggestion is expected to save is an estimate from a
-stated source, scaled by this project's own phase times (`rbd bench` will
-measure them), or, where the change removes a cost rbd measured (a lock
-wait, a build script run), that cost; suggestions are ranked by it, measured savings
-first and what this machine cannot run last (rank). Changes are in the form
-daemon.advice.tune applies; `manual` ones are for the user to make.
-
-The estimates' sources (README.md lists them too):
-- debuginfo: line-tables-only took a one-line-edit rebuild of a small
-  hyper/tokio/serde app from 1.22 s to 0.42 s (rustc 1.95, 2 cores, the
-  team's design notes): about 65% of codegen + link.
-- GNU ld is about 1.5x slower than rust-lld there: a third of link time.
-- cranelift: "incremental ... around 75% reduction" with mold (a published
-  account of a Leptos app's compile times); taken as half of codegen alone.
+lock wait. What a suggestion is expected to save comes from this project's own
+numbers only (schema.Expected):
+- "measured": where the change removes a cost rbd measured (a lock wait, a build
+  script run), that cost; for a build configuration, a bench of this project
+  (evidence.cite replaces the rule's figure with it);
+- "estimate": a figure the project's phase times give directly (checking instead of
+  building skips codegen and link, whatever they cost);
+- "unmeasured": how much of a phase a change removes is not in any recorded build
+  (what share of codegen and link is debuginfo, how much faster another linker
+  links this binary), so the expected saving is unknown, bounded by the phase times
+  the change acts on (`at_most_s`), until `rbd bench` measures it. Factors taken from
+  other projects were wrong by 1.8-3.2x on a real one (line-tables-only overestimated,
+  split-debuginfo underestimated 2x): rbd no longer borrows them.
+Suggestions are ranked by rank: measured savings first, what this machine cannot run
+last. Changes are in the form daemon.advice.tune applies; `manual` ones are for the
+user to make.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
-from rbd.contract.schema import Suggestion
+from rbd.contract.schema import Expected, Suggestion
 from rbd.daemon.advice.steps import per_save
 
 WINDOW = 20
@@ -50,9 +52,12 @@ class Context:
     units: Mapping[int, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
     # The workspace root: a profile value's source is a file in it, or elsewhere.
     root: str = ""
-    # The project's latest `rbd bench` report (schema.BenchReport, maybe an older rbd's),
-    # for the rules that argue from what it measured; most leave it to evidence.cite.
-    bench: Mapping[str, Any] | None = None
+    # Each configuration's latest bench measurement (sqlite.BenchMeasurement, from
+    # Store.latest_results: per config, mode and cache, the newest bench that measured
+    # it, with that bench's baseline row, and `stale`: why it no longer holds, or None),
+    # for the rules that argue from what benches measured; most leave it to
+    # evidence.cite.
+    measurements: Sequence[Mapping[str, Any]] = ()
     # Set when the builds predate the project's latest tune (advisor.since_tune): said
     # in suggest's hint, so no one reads old medians as the tuned project's.
     stale_note: str | None = None
@@ -116,7 +121,7 @@ def suggestion(
     title: str,
     evidence: str,
     change: dict[str, Any],
-    saves_s: float,
+    saves_s: float | None,
     basis: str,
     tradeoffs: str,
     *,
@@ -124,13 +129,22 @@ def suggestion(
     full_rebuild: bool = False,
     source: str = "estimate",
     runnable: bool = True,
+    at_most_s: float | None = None,
 ) -> Suggestion:
+    """saves_s None (with at_most_s, the phase times the change acts on) is an unknown
+    saving: source "unmeasured" (schema.Expected)."""
+    expected: Expected
+    if saves_s is None:
+        expected = {"saves_s": None, "source": "unmeasured", "basis": basis}
+        expected["at_most_s"] = round(max(0.0, at_most_s or 0.0), 3)
+    else:
+        expected = {"saves_s": round(max(0.0, saves_s), 3), "source": source, "basis": basis}
     return {
         "id": id,
         "title": title,
         "evidence": evidence,
         "change": change,
-        "expected": {"saves_s": round(max(0.0, saves_s), 3), "source": source, "basis": basis},
+        "expected": expected,
         "tradeoffs": tradeoffs,
         "needs_nightly": needs_nightly,
         "full_rebuild": full_rebuild,
@@ -138,40 +152,58 @@ def suggestion(
     }
 
 
+def worth(expected: Expected) -> float:
+    """The seconds a suggestion is ranked by: what it saves, or for an unmeasured one
+    the most it can save."""
+    saves = expected.get("saves_s")
+    return float(saves if saves is not None else expected.get("at_most_s") or 0.0)
+
+
 def rank(found: list[Suggestion]) -> list[Suggestion]:
     """found, best first: what this machine can run before what it cannot (however large
-    the estimate, a change that cannot be built here saves nothing today), then measured
-    savings (a bench, or a cost rbd measured) before estimates, since an estimate is off
-    by 2-3x either way on a real project while a measurement's spread is known; by
-    expected seconds saved within each group. A suggestion that saves nothing per
-    rebuild (measured or not: sccache's, deps-opt-level's) comes after every one that
-    saves something."""
+    the bound, a change that cannot be built here saves nothing today), then measured
+    savings (a bench, or a cost rbd measured) before the rest, since a measurement's
+    spread is known and the most an unmeasured change can save is not what it saves;
+    by seconds (worth) within each group. A suggestion that saves nothing per rebuild
+    (sccache's, deps-opt-level's) comes after every one that saves something."""
     return sorted(
         found,
         key=lambda made: (
             made.get("runnable") is False,
-            made["expected"]["saves_s"] <= 0,
+            worth(made["expected"]) <= 0,
             made["expected"]["source"] != "measured",
-            -made["expected"]["saves_s"],
+            -worth(made["expected"]),
         ),
     )
 
 
-def _codegen_and_link(ctx: Context) -> float:
+def codegen_and_link(ctx: Context) -> tuple[float, str]:
+    """(median codegen + link seconds, what they are called). A build whose frontend and
+    codegen cargo did not split has only their sum: then it is compile + link, and says
+    so."""
+    link = ctx.median("link_s") or 0.0
     codegen = ctx.median("codegen_s")
-    if codegen is None:
-        codegen = ctx.median("compile_s") or 0.0
-    return codegen + (ctx.median("link_s") or 0.0)
+    if codegen is not None:
+        return codegen + link, "codegen and link"
+    return (ctx.median("compile_s") or 0.0) + link, "compile (frontend + codegen) and link"
+
+
+def unmeasured(what: str, seconds: float, config: str) -> str:
+    """The basis of an unmeasured saving: what bounds it, and how to measure it."""
+    return (
+        f"unknown until measured: at most the {what} ({secs(seconds)}); "
+        f"`rbd bench --incremental --configs default,{config}` measures it"
+    )
 
 
 def debuginfo_line_tables(ctx: Context) -> Suggestion | None:
     debug = ctx.profile.get("debug", 2)
     if debug != 2 or len(ctx.incremental) < MIN_BUILDS:
         return None
-    base = _codegen_and_link(ctx)
+    base, label = codegen_and_link(ctx)
     wall = ctx.median("wall_s") or 0.0
     evidence = (
-        f"the dev profile builds full debuginfo (debug = 2); codegen and link took {secs(base)} of "
+        f"the dev profile builds full debuginfo (debug = 2); {label} took {secs(base)} of "
         f"the median edit rebuild ({secs(wall)}) over the last {len(ctx.incremental)} builds"
     )
     change = {
@@ -187,11 +219,45 @@ def debuginfo_line_tables(ctx: Context) -> Suggestion | None:
         "Build with line tables only, keep a full-debuginfo profile for the debugger",
         evidence,
         change,
-        0.65 * base,
-        "65% of codegen + link (1.22 s -> 0.42 s on a small web app, rustc 1.95)",
+        None,
+        unmeasured(f"{label} of the median edit rebuild", base, "line-tables-only"),
         "a debugger no longer sees local variables or types in dev builds; backtraces keep "
         "file:line. Build `cargo build --profile debugging` when you need the debugger.",
         full_rebuild=True,
+        at_most_s=base,
+    )
+
+
+def debuginfo_none(ctx: Context) -> Suggestion | None:
+    """No debuginfo at all in dev builds: the furthest step on from line tables, for
+    those whose backtraces need function names but not file:line. The bench measures it
+    as `no-debuginfo`; which of the two a project should take is its own numbers' call
+    (both are suggested; tune applies one: they set the same key)."""
+    debug = ctx.profile.get("debug", 2)
+    if debug == 0 or len(ctx.incremental) < MIN_BUILDS:
+        return None
+    base, label = codegen_and_link(ctx)
+    wall = ctx.median("wall_s") or 0.0
+    change = {
+        "file": "Cargo.toml",
+        "set": [
+            {"key": ["profile", "dev", "debug"], "value": 0},
+            {"key": ["profile", "debugging", "inherits"], "value": "dev"},
+            {"key": ["profile", "debugging", "debug"], "value": True},
+        ],
+    }
+    return suggestion(
+        "debuginfo-none",
+        "Build dev code without debuginfo, keep a full-debuginfo profile for the debugger",
+        f"the dev profile builds debuginfo (debug = {debug}); {label} took {secs(base)} of "
+        f"the median edit rebuild ({secs(wall)}) over the last {len(ctx.incremental)} builds",
+        change,
+        None,
+        unmeasured(f"{label} of the median edit rebuild", base, "no-debuginfo"),
+        "backtraces name functions but lose file:line, and a debugger sees nothing; build "
+        "`cargo build --profile debugging` when you need either",
+        full_rebuild=True,
+        at_most_s=base,
     )
 
 
@@ -209,10 +275,13 @@ def deps_no_debuginfo(ctx: Context) -> Suggestion | None:
         "Drop debuginfo of dependencies: less for the linker to copy on every link",
         found[2] + f"; dependencies are built with debug = {deps}",
         change,
-        0.3 * found[0],
-        "a third of link time, the share dependency debuginfo usually has",
+        None,
+        f"unknown until measured: at most the median link ({secs(found[0])}), of which "
+        "dependencies' debuginfo is a part no recorded build shows; a bench of "
+        "`no-debuginfo` bounds it from above",
         "no stepping into dependency code with a debugger; dependencies rebuild once",
         full_rebuild=True,
+        at_most_s=found[0],
     )
 
 
@@ -236,11 +305,12 @@ def split_debuginfo(ctx: Context) -> Suggestion | None:
         'Keep debuginfo in the object files (split-debuginfo = "unpacked")',
         found[2],
         change,
-        0.25 * found[0],
-        "a quarter of link time, the debuginfo the linker no longer copies",
+        None,
+        unmeasured("median link", found[0], "split-debuginfo"),
         "debuggers find debuginfo in .dwo files beside the objects; the binary alone is not "
         "debuggable elsewhere",
         full_rebuild=True,
+        at_most_s=found[0],
     )
 
 
@@ -252,7 +322,7 @@ def _linker_change(ctx: Context, flag: str) -> dict[str, Any]:
 
 
 def _instead_of_gnu_ld(
-    ctx: Context, id: str, name: str, program: str, fraction: float, basis: str, tradeoffs: str
+    ctx: Context, id: str, name: str, program: str, tradeoffs: str
 ) -> Suggestion | None:
     """A linker switch, when binaries were linked by GNU ld/gold, link is a real share
     of the rebuild, and the replacement (program) is installed."""
@@ -267,9 +337,10 @@ def _instead_of_gnu_ld(
         f"Link with {name} instead of GNU " + "/".join(slow),
         found[2] + f"; the binaries were linked by {', '.join(slow)}",
         _linker_change(ctx, f"link-arg=-fuse-ld={name}"),
-        found[0] * fraction,
-        basis,
+        None,
+        unmeasured("median link", found[0], name),
         tradeoffs,
+        at_most_s=found[0],
     )
 
 
@@ -279,8 +350,6 @@ def linker_lld(ctx: Context) -> Suggestion | None:
         "linker-lld",
         "lld",
         "ld.lld",
-        1 / 3,
-        "a third of link time: GNU ld was about 1.5x slower than lld (rustc 1.95)",
         "none for debug builds",
     )
 
@@ -291,16 +360,16 @@ def linker_mold(ctx: Context) -> Suggestion | None:
         "linker-mold",
         "mold",
         "mold",
-        1 / 2,
-        "half of link time against GNU ld (mold was no faster than rust-lld)",
         "mold is Linux-only; the config applies to this host triple only",
     )
 
 
 def cranelift(ctx: Context) -> Suggestion | None:
-    found = share_text(ctx, "codegen_s", "codegen")
+    label = "codegen"
+    found = share_text(ctx, "codegen_s", label)
     if found is None:
-        found = share_text(ctx, "compile_s", "compile (frontend + codegen)")
+        label = "compile (frontend + codegen)"
+        found = share_text(ctx, "compile_s", label)
     # Only for a rebuild where codegen is worth a nightly toolchain.
     if found is None or found[0] < 0.1 or found[0] / found[1] < 0.4 or "x86_64" not in ctx.host:
         return None
@@ -326,12 +395,13 @@ def cranelift(ctx: Context) -> Suggestion | None:
         "Generate dev code with cranelift (a profile of its own; stable builds unchanged)",
         found[2] + "; " + how,
         change,
-        0.5 * found[0],
-        "half of codegen (the leptos article: -75% incremental with mold)",
+        None,
+        unmeasured(f"{label} of the median edit rebuild", found[0], "cranelift"),
         "nightly only; slower generated code; some crates miss LLVM intrinsics",
         needs_nightly=True,
         full_rebuild=True,
         runnable=ready,
+        at_most_s=found[0],
     )
 
 
@@ -339,17 +409,22 @@ def codegen_units_default(ctx: Context) -> Suggestion | None:
     units = ctx.profile.get("codegen_units")
     if units is None or units >= 256 or not ctx.incremental:
         return None
-    codegen = ctx.median("codegen_s") or ctx.median("compile_s") or 0.0
+    codegen, label = ctx.median("codegen_s"), "codegen"
+    if codegen is None:
+        codegen, label = ctx.median("compile_s") or 0.0, "compile (frontend + codegen)"
     return suggestion(
         "codegen-units-default",
         "Restore the default codegen-units (256) for dev builds",
         f"the dev profile sets codegen-units = {units}; codegen parallelism and incremental "
-        f"reuse suffer; median compile {secs(codegen)}",
+        f"reuse suffer; median {label} {secs(codegen)}",
         _profile_edit(ctx, "codegen_units", {"remove": [["profile", "dev", "codegen-units"]]}),
-        0.3 * codegen,
-        "a third of codegen time",
+        None,
+        f"unknown until measured: at most the median {label} ({secs(codegen)}); "
+        "no rbd bench configuration changes codegen-units: compare edit rebuilds before and "
+        "after the tune (rbd history --changes)",
         "slightly slower generated code (debug builds rarely care)",
         full_rebuild=True,
+        at_most_s=codegen,
     )
 
 
@@ -368,10 +443,12 @@ def incremental_on(ctx: Context) -> Suggestion | None:
             "incremental",
             {"remove": [["profile", "dev", "incremental"], ["build", "incremental"]]},
         ),
-        0.5 * compile_s,
-        "half of compile time",
+        None,
+        f"unknown until measured: at most the median compile ({secs(compile_s)}); "
+        "compare edit rebuilds before and after the tune (rbd history --changes)",
         "more disk use in target/",
         full_rebuild=True,
+        at_most_s=compile_s,
     )
 
 
@@ -502,20 +579,24 @@ def split_crate(ctx: Context) -> Suggestion | None:
                 f"{name}'s frontend (parsing, type and borrow checking) took {secs(front)} of the "
                 f"median {secs(wall)} rebuild, on the critical path in {len(fronts)} builds",
                 {"file": f"{name}/Cargo.toml", "manual": "move rarely edited modules to a crate"},
-                0.3 * front,
-                "a third of the crate's frontend, the part left unedited",
+                None,
+                f"unknown: at most {name}'s median frontend ({secs(front)}), of which the "
+                "modules moved out are the part saved",
                 "more crates to maintain; cross-crate inlining needs #[inline]",
+                at_most_s=front,
             )
     return None
 
 
-def _bench_rows(bench: Mapping[str, Any]) -> dict[tuple[Any, Any, Any], Mapping[str, Any]]:
-    """A bench's measured rows by (config, mode, cache)."""
-    return {
-        (r.get("config"), r.get("mode"), r.get("cache")): r
-        for r in bench.get("results") or []
-        if isinstance(r, Mapping) and r.get("median_s") is not None
-    }
+def measured(
+    ctx: Context, config: str, mode: str, cache: str | None = None
+) -> Mapping[str, Any] | None:
+    """The latest measurement of config in mode (and cache), whichever bench made it."""
+    for found in ctx.measurements:
+        row = found.get("result") or {}
+        if (row.get("config"), row.get("mode"), row.get("cache")) == (config, mode, cache):
+            return found
+    return None
 
 
 def _count(stats: Sequence[Mapping[str, Any]], key: str) -> int:
@@ -531,11 +612,21 @@ def sccache(ctx: Context) -> Suggestion | None:
     clean build beat the baseline by more than the runs' spread says what it would save
     where dependencies are compiled afresh."""
     wrapper = str(ctx.env.get("rustc_wrapper") or "")
-    bench = ctx.bench or {}
-    rows = _bench_rows(bench)
-    cold, warm = rows.get(("sccache", "clean", "cold")), rows.get(("sccache", "clean", "warm"))
-    base = rows.get((str(bench.get("baseline") or "default"), "clean", None))
-    cited = f"rbd bench #{bench.get('id', '?')} ({str(bench.get('finished_at') or '')[:10]})"
+    # The latest cold and warm measurements, whichever benches made them (a later bench
+    # of other configurations does not hide them), and the warm one's own baseline.
+    cold_at, warm_at = (
+        measured(ctx, "sccache", "clean", "cold"),
+        measured(ctx, "sccache", "clean", "warm"),
+    )
+    cold = None if cold_at is None else cold_at["result"]
+    warm = None if warm_at is None else warm_at["result"]
+    base = None if warm_at is None else warm_at.get("base")
+    bench = warm_at or {}
+    # A stale measurement (advisor marks it: freshness.stale) is cited as stale.
+    stale = f"; stale: {bench['stale']}" if bench.get("stale") else ""
+    cited = (
+        f"rbd bench #{bench.get('bench_id', '?')} ({str(bench.get('bench_at') or '')[:10]}{stale})"
+    )
     if PurePath(wrapper).name.startswith("sccache"):
         if not ctx.incremental:
             return None
@@ -581,8 +672,9 @@ def sccache(ctx: Context) -> Suggestion | None:
     spread = max(float(base.get("stddev_s") or 0.0), float(warm.get("stddev_s") or 0.0))
     if gain <= spread:
         return None
-    edit = rows.get(("sccache", "incremental", None))
-    edit_base = rows.get((base.get("config"), "incremental", None))
+    edit_at = measured(ctx, "sccache", "incremental")
+    edit = None if edit_at is None else edit_at["result"]
+    edit_base = None if edit_at is None else edit_at.get("base")
     on_edits = ""
     if edit and edit_base:
         cost = float(edit["median_s"]) - float(edit_base["median_s"])
@@ -602,7 +694,7 @@ def sccache(ctx: Context) -> Suggestion | None:
         f"no effect on an edit rebuild; a clean or dependency build saves {secs(gain)} "
         f"(measured over {bench.get('runs')} runs)",
         "sccache's per-call cost on every rustc call; a cache to keep (local disk or shared)",
-        source="measured",
+        source="estimate" if stale else "measured",
     )
 
 
@@ -611,16 +703,21 @@ def cargo_check_loop(ctx: Context) -> Suggestion | None:
     failed = [b for b in recent if b.get("outcome") == "failure" and b.get("errors")]
     if len(recent) < 5 or len(failed) * 10 < len(recent) * 4:
         return None
-    saved = _codegen_and_link(ctx)
+    saved, label = codegen_and_link(ctx)
+    split, share = ctx.median("codegen_s"), len(failed) / len(recent)
     return suggestion(
         "cargo-check-loop",
         "Check instead of build while you fix errors",
         f"{len(failed)} of the last {len(recent)} builds failed with compile errors; checking "
-        f"skips codegen and link ({secs(saved)} of the median successful rebuild)",
+        f"skips codegen and link ({label}: {secs(saved)} of the median successful rebuild)",
         {"file": "rbd.toml", "manual": 'command = "check" (and back to "build" to run it)'},
-        saved * len(failed) / len(recent),
-        "codegen + link of a rebuild, for the share of builds that fail",
+        None if split is None else saved * share,
+        f"the median {label} of a successful rebuild, for the share of builds that fail"
+        if split is not None
+        else f"unknown: at most the median {label} ({secs(saved)}) for the share of builds "
+        "that fail; cargo did not split the frontend, which checking keeps, from codegen",
         "no binary to run until you switch back",
+        at_most_s=saved * share,
     )
 
 
@@ -694,9 +791,11 @@ def app_start(ctx: Context) -> Suggestion | None:
             "manual": "defer what the first request does not need (migrations, cache warm-up, "
             "eager connection pools) until after the listener accepts, or do it once in dev",
         },
-        start / 2,
-        "half of the measured start, the part deferred",
+        None,
+        f"unknown: at most the measured start ({secs(start)}), of which the work deferred "
+        "is the part saved",
         "the first request may be slower; startup errors surface later",
+        at_most_s=start,
     )
 
 
@@ -726,13 +825,144 @@ def listen_handover(ctx: Context) -> Suggestion | None:
     )
 
 
+WILD_INSTALL = "cargo install --locked wild-linker (with a rustc older than 1.99: --version 0.10.0)"
+
+
+def linker_wild(ctx: Context) -> Suggestion | None:
+    """Link with wild, when link is a real share of the median edit rebuild and the
+    binaries are not wild's already. Fires whether wild is installed or not: without it
+    the suggestion says it cannot run here and how to install it. The change: gcc 12
+    cannot name wild (-fuse-ld=wild needs GCC 16), so with clang installed it is wild's
+    documented `linker = "clang"` + `--ld-path`, which tune applies; with gcc alone it is
+    a `-B` directory holding `ld` -> wild, which the user makes (rbd's own, in its cache,
+    is not a path to write into a project's config)."""
+    found = share_text(ctx, "link_s", "link")
+    if found is None or found[0] / found[1] < SHARE or "-linux-" not in ctx.host:
+        return None
+    seen = ctx.linkers_seen()
+    if seen == {"wild"}:
+        return None
+    linkers = ctx.env.get("linkers") or {}
+    wild, clang = linkers.get("wild"), linkers.get("clang")
+    evidence = found[2]
+    if seen:
+        evidence += f"; the binaries were linked by {', '.join(sorted(seen))}"
+    if not wild:
+        evidence += f"; cannot run on this machine: wild is not installed ({WILD_INSTALL})"
+    change: dict[str, Any]
+    if clang:
+        change = {
+            "file": ".cargo/config.toml",
+            "set": [{"key": ["target", ctx.host, "linker"], "value": "clang"}],
+            "rustflags": {
+                "key": ["target", ctx.host, "rustflags"],
+                "add": ["-C", f"link-arg=--ld-path={wild or 'wild'}"],
+            },
+        }
+    else:
+        lld_off = '"-C", "linker-features=-lld", ' if ctx.host == "x86_64-unknown-linux-gnu" else ""
+        change = {
+            "file": ".cargo/config.toml",
+            "manual": f"mkdir -p ~/.local/lib/wild-ld && ln -sf {wild or '$(command -v wild)'} "
+            f'~/.local/lib/wild-ld/ld; then add {lld_off}"-C", '
+            f'"link-arg=-B<your home>/.local/lib/wild-ld" to [target.{ctx.host}] rustflags, '
+            "the home written out (gcc before 16 has no -fuse-ld=wild; with clang: linker = "
+            '"clang" and "-C", "link-arg=--ld-path=wild")',
+        }
+    return suggestion(
+        "linker-wild",
+        "Link with wild" + (f" instead of {'/'.join(sorted(seen))}" if seen else ""),
+        evidence,
+        change,
+        None,
+        unmeasured("median link", found[0], "wild"),
+        "wild is young (0.x) and Linux-only; keep it to dev builds",
+        runnable=bool(wild),
+        at_most_s=found[0],
+    )
+
+
+def _frontend_s(ctx: Context, build: Mapping[str, Any]) -> float | None:
+    """A rebuild's frontend on the critical path: the phase when cargo split every unit on
+    it, else the sum over the path's units it split (libraries; cargo reports no split
+    for a binary, whose frontend is then left out); None when no unit on it was split."""
+    phase = (build.get("phases") or {}).get("frontend_s")
+    if phase is not None:
+        return float(phase)
+    fronts = [
+        float(unit["frontend_s"])
+        for unit in ctx.units.get(int(build["id"]), [])
+        if unit.get("critical_path") and unit.get("frontend_s") is not None
+    ]
+    return sum(fronts) if fronts else None
+
+
+def parallel_frontend(ctx: Context) -> Suggestion | None:
+    """Run the frontend on every core (nightly `-Zthreads=<cores>`), when the frontend of
+    the rebuilt crates on the critical path (_frontend_s) is a real share of the median
+    edit rebuild, in at least half of the edit rebuilds. At most the part of it the cores
+    could share out: frontend x (1 - 1/cores). Needs a nightly; without one it says so
+    and cannot run here. The change stays manual: rbd never moves the user's builds to
+    nightly by itself."""
+    cores = int(ctx.env.get("cores") or 0)
+    wall = ctx.median("wall_s")
+    edits = ctx.incremental
+    fronts = [f for b in edits if (f := _frontend_s(ctx, b)) is not None]
+    if cores < 2 or not wall or not fronts or len(fronts) * 2 < len(edits):
+        return None
+    front = statistics.median(fronts)
+    if front < MIN_PHASE_S or front / wall < SHARE:
+        return None
+    if any("threads=" in str(flag) for flag in ctx.env.get("rustflags") or []):
+        return None
+    found = (
+        front,
+        wall,
+        f"the frontend (parsing, type and borrow checking) of the crates rebuilt on the "
+        f"critical path was {front / wall:.0%} of the median edit rebuild over the last "
+        f"{len(edits)} builds: {secs(front)} of {secs(wall)}",
+    )
+    toolchain = (ctx.env.get("nightly") or {}).get("toolchain")
+    evidence = found[2] + (
+        f"; the nightly toolchain {toolchain} can build with -Zthreads={cores}"
+        if toolchain
+        else "; cannot run on this machine: no nightly toolchain (rustup toolchain install nightly)"
+    )
+    bound = found[0] * (1 - 1 / cores)
+    return suggestion(
+        "parallel-frontend",
+        f"Run the compiler's frontend on {cores} threads (nightly -Zthreads)",
+        evidence,
+        {
+            "file": "environment",
+            "manual": f'build with RUSTFLAGS="-Zthreads={cores}" cargo +{toolchain or "nightly"} '
+            "build (RUSTFLAGS replaces the rustflags of config files: add yours to it); "
+            "your stable builds stay as they are",
+        },
+        None,
+        unmeasured(
+            f"part of the median frontend ({secs(found[0])}) {cores} threads could share out",
+            bound,
+            "parallel-frontend",
+        ),
+        "nightly only, and the whole project rebuilds once with it; an unstable flag",
+        needs_nightly=True,
+        full_rebuild=True,
+        runnable=bool(toolchain),
+        at_most_s=bound,
+    )
+
+
 RULES: tuple[Callable[[Context], Suggestion | None], ...] = (
     debuginfo_line_tables,
+    debuginfo_none,
     deps_no_debuginfo,
     split_debuginfo,
     linker_lld,
     linker_mold,
+    linker_wild,
     cranelift,
+    parallel_frontend,
     deps_opt_level,
     codegen_units_default,
     incremental_on,

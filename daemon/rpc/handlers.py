@@ -247,7 +247,7 @@ async def _suggest(
 ) -> SuggestReply:
     """Raises NotWatched, StoreError."""
     project = _advised_project(services, request["path"])
-    return await advisor.suggestions(services.store, project.key, project.env)
+    return await advisor.suggestions(services.store, project.key, project.env, project.overrides)
 
 
 async def _tune_apply(
@@ -258,7 +258,12 @@ async def _tune_apply(
     project = _advised_project(services, request["path"])
     async with services.tuning:
         applied = await advisor.apply(
-            services.store, project.key, project.env, request["ids"], request["dry_run"]
+            services.store,
+            project.key,
+            project.env,
+            request["ids"],
+            request["dry_run"],
+            project.overrides,
         )
     return applied
 
