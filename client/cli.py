@@ -384,14 +384,15 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
 def best_measured(suggestions: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The suggestion `--apply-best` applies: the first (suggest ranks measured savings
-    first) that a bench or a measured cost backs, saves something, this machine can run,
-    is not stale and that tune can write. An estimate or an unknown saving is never
-    applied unasked: the point of one step is that its gain was measured here."""
+    first) that a bench or a measured cost backs, saves something, this machine can run
+    and that tune can write. A stale bench measurement is never `measured` (the
+    daemon's evidence.cite keeps the rule's figure for it), and an estimate or an
+    unknown saving is never applied unasked: the point of one step is that its gain was
+    measured here."""
     for item in suggestions:
         expected = item.get("expected") or {}
         if (
             expected.get("source") == "measured"
-            and not expected.get("stale")
             and (expected.get("saves_s") or 0) > 0
             and item.get("runnable", True)
             and "manual" not in (item.get("change") or {})

@@ -191,7 +191,7 @@ def codegen_and_link(ctx: Context) -> tuple[float, str]:
 def unmeasured(what: str, seconds: float, config: str) -> str:
     """The basis of an unmeasured saving: what bounds it, and how to measure it."""
     return (
-        f"unknown until measured: at most the {what} ({secs(seconds)}); "
+        f"bounded by the {what} ({secs(seconds)}); "
         f"`rbd bench --incremental --configs default,{config}` measures it"
     )
 
@@ -276,7 +276,7 @@ def deps_no_debuginfo(ctx: Context) -> Suggestion | None:
         found[2] + f"; dependencies are built with debug = {deps}",
         change,
         None,
-        f"unknown until measured: at most the median link ({secs(found[0])}), of which "
+        f"bounded by the median link ({secs(found[0])}), of which "
         "dependencies' debuginfo is a part no recorded build shows; a bench of "
         "`no-debuginfo` bounds it from above",
         "no stepping into dependency code with a debugger; dependencies rebuild once",
@@ -419,7 +419,7 @@ def codegen_units_default(ctx: Context) -> Suggestion | None:
         f"reuse suffer; median {label} {secs(codegen)}",
         _profile_edit(ctx, "codegen_units", {"remove": [["profile", "dev", "codegen-units"]]}),
         None,
-        f"unknown until measured: at most the median {label} ({secs(codegen)}); "
+        f"bounded by the median {label} ({secs(codegen)}); "
         "no rbd bench configuration changes codegen-units: compare edit rebuilds before and "
         "after the tune (rbd history --changes)",
         "slightly slower generated code (debug builds rarely care)",
@@ -444,7 +444,7 @@ def incremental_on(ctx: Context) -> Suggestion | None:
             {"remove": [["profile", "dev", "incremental"], ["build", "incremental"]]},
         ),
         None,
-        f"unknown until measured: at most the median compile ({secs(compile_s)}); "
+        f"bounded by the median compile ({secs(compile_s)}); "
         "compare edit rebuilds before and after the tune (rbd history --changes)",
         "more disk use in target/",
         full_rebuild=True,
@@ -580,7 +580,7 @@ def split_crate(ctx: Context) -> Suggestion | None:
                 f"median {secs(wall)} rebuild, on the critical path in {len(fronts)} builds",
                 {"file": f"{name}/Cargo.toml", "manual": "move rarely edited modules to a crate"},
                 None,
-                f"unknown: at most {name}'s median frontend ({secs(front)}), of which the "
+                f"bounded by {name}'s median frontend ({secs(front)}), of which the "
                 "modules moved out are the part saved",
                 "more crates to maintain; cross-crate inlining needs #[inline]",
                 at_most_s=front,
@@ -714,7 +714,7 @@ def cargo_check_loop(ctx: Context) -> Suggestion | None:
         None if split is None else saved * share,
         f"the median {label} of a successful rebuild, for the share of builds that fail"
         if split is not None
-        else f"unknown: at most the median {label} ({secs(saved)}) for the share of builds "
+        else f"bounded by the median {label} ({secs(saved)}) for the share of builds "
         "that fail; cargo did not split the frontend, which checking keeps, from codegen",
         "no binary to run until you switch back",
         at_most_s=saved * share,
@@ -792,7 +792,7 @@ def app_start(ctx: Context) -> Suggestion | None:
             "eager connection pools) until after the listener accepts, or do it once in dev",
         },
         None,
-        f"unknown: at most the measured start ({secs(start)}), of which the work deferred "
+        f"bounded by the measured start ({secs(start)}), of which the work deferred "
         "is the part saved",
         "the first request may be slower; startup errors surface later",
         at_most_s=start,
