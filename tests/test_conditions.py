@@ -331,6 +331,13 @@ def test_each_kind_of_change_is_named_from_real_builds(rbd: Rbd, tmp_path: Path)
         )
     )
     if toolchain is not None:
+        # In 2 of 3 full CI runs here the daemon's `rustc -vV` of the nightly just chosen
+        # timed out (10 s: conditions.VERSION_TIMEOUT_S) while its first build ran; alone,
+        # and after the same earlier tests, it answered in 0.05 s (1.3 s with the page cache
+        # dropped). What timed out is not pinned down; a timed-out query records the
+        # version as unknown and is asked again at the next build. Started once here,
+        # the nightly is what a developer who just switched to it has: a warm one.
+        subprocess.run(["rustc", f"+{toolchain}", "-vV"], capture_output=True, timeout=60)
         toml = f'[toolchain]\nchannel = "{toolchain.removesuffix("-" + HOST)}"\n'
         made.append((rebuilt(events, crate / "rust-toolchain.toml", toml), ["rustc", "cargo"]))
 
